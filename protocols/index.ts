@@ -1,0 +1,7 @@
+export * from './version.ts'
+export * from './topics.ts'
+export * from './encoding.ts'
+export * from './envelope.ts'
+export * from './replay-guard.ts'
+export * from './presence.ts'
+export * from './invite.ts'

@@ -1,0 +1,196 @@
+import { join } from 'node:path'
+import { access } from 'node:fs/promises'
+import { createInvite, parseInvite, type Invite } from '../../protocols/index.ts'
+import { loadConfig, type ConfigInput } from '../config.ts'
+import { loadOrCreateIdentity } from '../node/identity.ts'
+import { DATABASE_FILE, MeshNode } from '../node/node.ts'
+import { readLiveStatus, type NodeStatus } from '../node/status-file.ts'
+import { Store, type PeerRow } from '../store/store.ts'
+import { initHome, type InitOptions } from './home.ts'
+import { ago, bytes, printJson, table } from './format.ts'
+
+export interface Out {
+  json: boolean
+}
+
+export async function cmdInit (home: string, opts: InitOptions & Out): Promise<void> {
+  const result = await initHome(home, opts)
+  if (opts.json) return printJson({ home: result.home, peerId: result.peerId, createdIdentity: result.createdIdentity, config: result.config })
+  console.log(`${result.createdIdentity ? 'Created' : 'Kept'} agent ${result.config.name} in ${result.home}`)
+  console.log(`  peer id  ${result.peerId}`)
+  console.log(`  network  ${result.config.networkId ?? 'clawmesh'}${result.config.meshKey !== undefined ? ' (private mesh)' : ''}`)
+  console.log(`  config   ${join(result.home, 'config.json')}`)
+  console.log('Next: clawmesh start' + (home.includes('.clawmesh') ? '' : ` --home ${home}`))
+}
+
+/** Runs a node in the foreground until SIGINT or SIGTERM, then leaves the mesh cleanly. */
+export async function cmdStart (home: string, overrides: Partial<ConfigInput>): Promise<void> {
+  const node = await MeshNode.open({ home, overrides })
+  await node.start()
+  console.log(`clawmesh ${node.config.name} is up: ${node.peerId.toString()}`)
+  for (const addr of node.multiaddrs()) console.log(`  listening on ${addr}`)
+  console.log('Press Ctrl-C to stop.')
+  await new Promise<void>((resolve) => {
+    let stopping = false
+    const stop = (signal: string): void => {
+      if (stopping) {
+        console.error(`${signal} again: exiting without a clean shutdown`)
+        process.exit(130)
+      }
+      stopping = true
+      node.log.info(`received ${signal}, shutting down`)
+      node.stop().then(resolve, (err) => { console.error(`shutdown failed: ${(err as Error).message}`); process.exit(1) })
+    }
+    process.on('SIGINT', () => stop('SIGINT'))
+    process.on('SIGTERM', () => stop('SIGTERM'))
+  })
+}
+
+async function homeExists (home: string): Promise<boolean> {
+  try { await access(join(home, 'identity.key')); return true } catch { return false }
+}
+
+async function requireHome (home: string): Promise<void> {
+  if (!await homeExists(home)) throw new Error(`no clawmesh agent in ${home}; create one with "clawmesh init" or "clawmesh join <invite>"`)
+}
+
+export interface StatusReport {
+  running: boolean
+  home: string
+  name: string
+  peerId: string
+  networkId: string
+  privateMesh: boolean
+  live?: NodeStatus
+  knownPeers: number
+  messagesStored: number
+}
+
+export async function cmdStatus (home: string, opts: Out): Promise<void> {
+  await requireHome(home)
+  const config = await loadConfig(home)
+  const { key } = await loadOrCreateIdentity(home)
+  const live = await readLiveStatus(home)
+  const store = await Store.open(join(home, DATABASE_FILE))
+  let report: StatusReport
+  try {
+    report = {
+      running: live !== undefined,
+      home,
+      name: config.name,
+      peerId: (await import('@libp2p/peer-id')).peerIdFromPrivateKey(key).toString(),
+      networkId: config.networkId,
+      privateMesh: config.meshKey !== undefined,
+      ...(live !== undefined ? { live } : {}),
+      knownPeers: (await store.listPeers()).length,
+      messagesStored: await store.countMessages()
+    }
+  } finally {
+    await store.close()
+  }
+  if (opts.json) return printJson(report)
+  console.log(`${report.name}  ${report.running ? 'RUNNING' : 'not running'}`)
+  console.log(`  peer id     ${report.peerId}`)
+  console.log(`  network     ${report.networkId}${report.privateMesh ? ' (private mesh)' : ''}`)
+  console.log(`  home        ${report.home}`)
+  if (live !== undefined) {
+    console.log(`  state       ${live.state}, up ${ago(live.startedAt).replace(' ago', '')}, pid ${live.pid}`)
+    console.log(`  connected   ${live.connections.length} peers, ${live.presentPeers} present on gossip`)
+    for (const addr of live.addrs) console.log(`  listening   ${addr}`)
+    const rejected = Object.entries(live.gossip.rejected).filter(([, n]) => n > 0)
+    console.log(`  gossip      ${Object.values(live.gossip.accepted).reduce((a, b) => a + b, 0)} accepted, ${rejected.reduce((a, [, n]) => a + n, 0)} rejected${rejected.length > 0 ? ' (' + rejected.map(([r, n]) => `${r} ${n}`).join(', ') + ')' : ''}`)
+  }
+  console.log(`  known peers ${report.knownPeers}, messages stored ${report.messagesStored}`)
+}
+
+export interface PeerReport {
+  peerId: string
+  name: string | null
+  connected: boolean
+  addr: string | null
+  lastSeen: number
+  presence: PeerRow['presence']
+}
+
+export async function cmdPeers (home: string, opts: Out): Promise<void> {
+  await requireHome(home)
+  const live = await readLiveStatus(home)
+  const store = await Store.open(join(home, DATABASE_FILE))
+  let rows: PeerRow[]
+  try { rows = await store.listPeers() } finally { await store.close() }
+  const connected = new Map((live?.connections ?? []).map((c) => [c.peerId, c.addr]))
+  const peers: PeerReport[] = rows.map((r) => ({
+    peerId: r.peerId,
+    name: r.name,
+    connected: connected.has(r.peerId),
+    addr: connected.get(r.peerId) ?? null,
+    lastSeen: r.lastSeen,
+    presence: r.presence
+  }))
+  if (opts.json) return printJson(peers)
+  if (peers.length === 0) {
+    console.log(live === undefined ? 'No peers known yet, and the node is not running (clawmesh start).' : 'No peers yet: waiting for discovery.')
+    return
+  }
+  console.log(table(
+    ['NAME', 'PEER', 'LINK', 'SEEN', 'CPU/GPU', 'FREE RAM', 'MODELS', 'FLOOR'],
+    peers.map((p) => [
+      p.name ?? '?',
+      `…${p.peerId.slice(-10)}`,
+      p.connected ? 'direct' : 'gossip',
+      ago(p.lastSeen),
+      p.presence === null ? '-' : `${p.presence.hardware.cpu.cores} cores${p.presence.hardware.backend === false ? '' : ' + ' + p.presence.hardware.backend}`,
+      p.presence === null ? '-' : bytes(p.presence.hardware.memory.free),
+      p.presence === null ? '-' : p.presence.models.map((m) => `${m.name}(${m.layers}L)`).join(' ') || '-',
+      p.presence === null ? '-' : String(p.presence.priceFloor)
+    ])
+  ))
+}
+
+const DURATION = /^(\d+)\s*(s|m|h|d)$/
+export function parseDuration (text: string): number {
+  const m = DURATION.exec(text.trim())
+  if (m === null) throw new Error(`"${text}" is not a duration like 30m, 12h or 7d`)
+  return Number(m[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 's' | 'm' | 'h' | 'd']
+}
+
+/** Non-loopback addresses first: a joiner on another machine can only use those. */
+function rankAddrs (addrs: string[]): string[] {
+  const loop = (a: string): number => /\/ip4\/127\.|\/ip6\/::1\//.test(a) ? 1 : 0
+  return [...addrs].sort((a, b) => loop(a) - loop(b)).slice(0, 16)
+}
+
+export async function cmdInvite (home: string, opts: Out & { expires?: string }): Promise<void> {
+  await requireHome(home)
+  const config = await loadConfig(home)
+  const live = await readLiveStatus(home)
+  const addrs = live?.addrs ?? []
+  if (addrs.length === 0) throw new Error('the node is not running: start it first (clawmesh start) so that the invite carries its live addresses')
+  const { key } = await loadOrCreateIdentity(home)
+  const exp = opts.expires !== undefined ? Date.now() + parseDuration(opts.expires) : undefined
+  const boot = rankAddrs(addrs)
+  const invite = await createInvite(key, { net: config.networkId, boot, ...(config.meshKey !== undefined ? { psk: config.meshKey } : {}), ...(exp !== undefined ? { exp } : {}) })
+  if (opts.json) return printJson({ invite, networkId: config.networkId, bootstrap: boot, privateMesh: config.meshKey !== undefined, expiresAt: exp ?? null })
+  console.log(invite)
+  if (config.meshKey !== undefined) console.error('This invite carries the private-mesh key: share it only with people you let in.')
+}
+
+export async function cmdJoin (home: string, line: string, opts: Out & { start: boolean, name?: string, port?: number, listen?: string[] }): Promise<Invite> {
+  const invite = await parseInvite(line)
+  const result = await initHome(home, {
+    name: opts.name,
+    port: opts.port,
+    listen: opts.listen,
+    networkId: invite.net,
+    bootstrap: invite.boot,
+    ...(invite.psk !== undefined ? { meshKey: invite.psk } : {})
+  })
+  if (opts.json && !opts.start) {
+    printJson({ home: result.home, peerId: result.peerId, networkId: invite.net, bootstrap: invite.boot, privateMesh: invite.psk !== undefined })
+    return invite
+  }
+  console.log(`Joined network ${invite.net}${invite.psk !== undefined ? ' (private mesh)' : ''} as ${result.config.name} (${result.peerId})`)
+  console.log(`  home ${result.home}; bootstrap ${invite.boot.length} address(es) from ${invite.by}`)
+  if (opts.start) await cmdStart(home, {})
+  return invite
+}

@@ -1,0 +1,92 @@
+import '../polyfill.ts'
+import { Command, Option } from 'commander'
+import { resolveHome, CONFIG_ENV_VARS } from '../config.ts'
+import { SOFTWARE_VERSION } from '../version.ts'
+import { cmdInit, cmdInvite, cmdJoin, cmdPeers, cmdStart, cmdStatus } from './commands.ts'
+import { cmdDemo } from './demo.ts'
+
+interface HomeOpts { home?: string, name?: string, json?: boolean }
+
+const homeOptions = (cmd: Command): Command => cmd
+  .option('--home <dir>', 'the agent\'s home directory (default: $CLAWMESH_HOME or ~/.clawmesh/<name>)')
+  .option('--name <name>', 'the agent\'s name, which also picks its home under ~/.clawmesh', process.env.CLAWMESH_NAME)
+
+const json = new Option('--json', 'print machine-readable JSON on stdout (stable field names)')
+
+function home (opts: HomeOpts): string {
+  return resolveHome({ home: opts.home, name: opts.name })
+}
+
+function parsePort (value: string): number {
+  const port = Number(value)
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`--port must be 0-65535, got ${value}`)
+  return port
+}
+
+export function buildProgram (): Command {
+  const program = new Command('clawmesh')
+    .description('Home AI agents that pool their machines in a peer-to-peer mesh to run open LLMs together.')
+    .version(SOFTWARE_VERSION)
+    .addHelpText('after', `\nEnvironment: ${CONFIG_ENV_VARS.join(', ')}, CLAWMESH_HOME, CLAWMESH_ROOT.\nSee README.md for the config file.`)
+
+  homeOptions(program.command('init'))
+    .description('create an agent home: identity (Ed25519 key = PeerId), database and config')
+    .option('--network <id>', 'network id to join (default clawmesh)')
+    .option('--port <port>', 'TCP port to listen on (default 4011)', parsePort)
+    .option('--private', 'start a private mesh: generate a pre-shared key that every member needs')
+    .addOption(json)
+    .action(async (o: HomeOpts & { network?: string, port?: number, private?: boolean }) => {
+      await cmdInit(home(o), { name: o.name, networkId: o.network, port: o.port, meshKey: o.private === true ? true : undefined, json: o.json === true })
+    })
+
+  homeOptions(program.command('start'))
+    .description('run the node in the foreground (Ctrl-C or SIGTERM stops it cleanly)')
+    .option('--port <port>', 'TCP port to listen on, for this run', parsePort)
+    .action(async (o: HomeOpts & { port?: number }) => {
+      await cmdStart(home(o), o.port !== undefined ? { listen: [`/ip4/0.0.0.0/tcp/${o.port}`] } : {})
+      process.exit(0)
+    })
+
+  homeOptions(program.command('status'))
+    .description('show whether the node runs, its identity, network, connections and gossip counters')
+    .addOption(json)
+    .action(async (o: HomeOpts) => { await cmdStatus(home(o), { json: o.json === true }) })
+
+  homeOptions(program.command('peers'))
+    .description('list the peers this node knows: connected or heard on gossip, with hardware and models')
+    .addOption(json)
+    .action(async (o: HomeOpts) => { await cmdPeers(home(o), { json: o.json === true }) })
+
+  homeOptions(program.command('invite'))
+    .description('print a one-line invite (network id, bootstrap addresses, private-mesh key if any)')
+    .option('--expires <duration>', 'refuse the invite after this long, e.g. 30m, 12h, 7d')
+    .addOption(json)
+    .action(async (o: HomeOpts & { expires?: string }) => { await cmdInvite(home(o), { json: o.json === true, expires: o.expires }) })
+
+  homeOptions(program.command('join'))
+    .description('set up this agent from an invite and start it')
+    .argument('<invite>', 'the line printed by "clawmesh invite"')
+    .option('--port <port>', 'TCP port to listen on (default 4011)', parsePort)
+    .option('--no-start', 'only write the configuration; start later with "clawmesh start"')
+    .addOption(json)
+    .action(async (line: string, o: HomeOpts & { port?: number, start: boolean }) => {
+      await cmdJoin(home(o), line, { json: o.json === true, start: o.start, name: o.name, port: o.port })
+      if (o.start) process.exit(0)
+    })
+
+  program.command('demo')
+    .description('run a local demo mesh on 127.0.0.1 that needs nothing configured')
+    .option('--nodes <n>', 'how many agents', (v) => Number(v), 4)
+    .option('--duration <seconds>', 'stop after this many seconds (default: run until Ctrl-C)', (v) => Number(v))
+    .action(async (o: { nodes: number, duration?: number }) => {
+      await cmdDemo({ nodes: o.nodes, durationS: o.duration })
+      process.exit(0)
+    })
+
+  return program
+}
+
+buildProgram().parseAsync(process.argv).catch((err: unknown) => {
+  process.stderr.write(`clawmesh: ${(err as Error).message}\n`)
+  process.exit(1)
+})

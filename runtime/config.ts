@@ -1,0 +1,128 @@
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
+import { homedir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { z } from 'zod'
+import { NETWORK_ID_PATTERN } from '../protocols/index.ts'
+
+export const DEFAULT_NETWORK = 'clawmesh'
+export const DEFAULT_PORT = 4011
+
+/**
+ * The owner's configuration of one agent, kept in `<home>/config.json`. Every field has a default,
+ * so an empty file (or none) is a working configuration; environment variables override the file.
+ */
+export const ConfigSchema = z.object({
+  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/).default('default'),
+  networkId: z.string().regex(NETWORK_ID_PATTERN).default(DEFAULT_NETWORK),
+  listen: z.array(z.string().startsWith('/')).default([`/ip4/0.0.0.0/tcp/${DEFAULT_PORT}`]),
+  /** Addresses to advertise instead of the listen addresses (a port forward, a public IP). */
+  announce: z.array(z.string().startsWith('/')).default([]),
+  bootstrap: z.array(z.string().startsWith('/')).default([]),
+  /** Private mesh: a 32-byte pre-shared key in hex; peers without it cannot even finish a handshake. */
+  meshKey: z.string().regex(/^[0-9a-f]{64}$/).optional(),
+  mdns: z.boolean().default(true),
+  dht: z.boolean().default(true),
+  nat: z.object({
+    /** Reserve slots on relays so peers behind NAT can be reached through them. */
+    relayClient: z.boolean().default(true),
+    /** Act as a circuit relay for others (for nodes with a public address). */
+    relayServer: z.boolean().default(false),
+    autonat: z.boolean().default(true),
+    dcutr: z.boolean().default(true)
+  }).prefault({}),
+  maxConnections: z.number().int().positive().default(200),
+  /** How many peers to stay directly connected to; beyond this, gossip relays the rest. */
+  meshTarget: z.number().int().min(1).default(8),
+  presenceIntervalMs: z.number().int().min(100).max(600_000).default(15_000),
+  /** Credits per million layer-tokens below which the agent never sells. */
+  priceFloor: z.number().nonnegative().default(1),
+  modelsDir: z.string().optional(),
+  /** Ask node-llama-cpp for GPU details (loads its native binary once). */
+  probeGpu: z.boolean().default(true),
+  logLevel: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info')
+}).strict()
+
+export type Config = z.infer<typeof ConfigSchema>
+export type ConfigInput = z.input<typeof ConfigSchema>
+
+/** Environment variables and the config fields they set (documented in the README). */
+const ENV_FIELDS: Record<string, (value: string) => Partial<ConfigInput>> = {
+  CLAWMESH_NAME: (v) => ({ name: v }),
+  CLAWMESH_NETWORK: (v) => ({ networkId: v }),
+  CLAWMESH_LISTEN: (v) => ({ listen: list(v) }),
+  CLAWMESH_ANNOUNCE: (v) => ({ announce: list(v) }),
+  CLAWMESH_BOOTSTRAP: (v) => ({ bootstrap: list(v) }),
+  CLAWMESH_MESH_KEY: (v) => ({ meshKey: v }),
+  CLAWMESH_MDNS: (v) => ({ mdns: bool('CLAWMESH_MDNS', v) }),
+  CLAWMESH_DHT: (v) => ({ dht: bool('CLAWMESH_DHT', v) }),
+  CLAWMESH_PRESENCE_MS: (v) => ({ presenceIntervalMs: Number(v) }),
+  CLAWMESH_PRICE_FLOOR: (v) => ({ priceFloor: Number(v) }),
+  CLAWMESH_MODELS_DIR: (v) => ({ modelsDir: v }),
+  CLAWMESH_PROBE_GPU: (v) => ({ probeGpu: bool('CLAWMESH_PROBE_GPU', v) }),
+  CLAWMESH_LOG_LEVEL: (v) => ({ logLevel: v as Config['logLevel'] })
+}
+export const CONFIG_ENV_VARS = Object.keys(ENV_FIELDS)
+
+function list (value: string): string[] {
+  return value.split(',').map((s) => s.trim()).filter((s) => s.length > 0)
+}
+
+function bool (name: string, value: string): boolean {
+  if (/^(1|true|yes|on)$/i.test(value)) return true
+  if (/^(0|false|no|off)$/i.test(value)) return false
+  throw new Error(`${name} must be true or false, got "${value}"`)
+}
+
+/**
+ * Where an agent lives: --home, else $CLAWMESH_HOME, else <root>/<name> with root = $CLAWMESH_ROOT or
+ * ~/.clawmesh. One home holds one identity, one database and one config.
+ */
+export function resolveHome (opts: { home?: string, name?: string }, env: NodeJS.ProcessEnv = process.env): string {
+  if (opts.home !== undefined) return resolve(opts.home)
+  if (env.CLAWMESH_HOME !== undefined && env.CLAWMESH_HOME !== '') return resolve(env.CLAWMESH_HOME)
+  const root = env.CLAWMESH_ROOT !== undefined && env.CLAWMESH_ROOT !== '' ? env.CLAWMESH_ROOT : join(homedir(), '.clawmesh')
+  return resolve(root, opts.name ?? env.CLAWMESH_NAME ?? 'default')
+}
+
+export function configPath (home: string): string {
+  return join(home, 'config.json')
+}
+
+export async function readConfigFile (home: string): Promise<ConfigInput> {
+  const path = configPath(home)
+  let text: string
+  try {
+    text = await readFile(path, 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {}
+    throw err
+  }
+  try {
+    return JSON.parse(text) as ConfigInput
+  } catch (err) {
+    throw new Error(`${path} is not valid JSON: ${(err as Error).message}`)
+  }
+}
+
+/** File, then environment, then explicit overrides (CLI flags, tests), validated as a whole. */
+export async function loadConfig (home: string, overrides: Partial<ConfigInput> = {}, env: NodeJS.ProcessEnv = process.env): Promise<Config> {
+  const fromFile = await readConfigFile(home)
+  const fromEnv: Partial<ConfigInput> = {}
+  for (const [name, apply] of Object.entries(ENV_FIELDS)) {
+    const value = env[name]
+    if (value !== undefined && value !== '') Object.assign(fromEnv, apply(value))
+  }
+  const merged = { ...fromFile, ...fromEnv, ...overrides, nat: { ...fromFile.nat, ...fromEnv.nat, ...overrides.nat } }
+  const parsed = ConfigSchema.safeParse(merged)
+  if (!parsed.success) throw new Error(`invalid configuration for ${home}: ${z.prettifyError(parsed.error)}`)
+  return parsed.data
+}
+
+/** Writes the file atomically (temp file + rename) so a crash never leaves half a config. */
+export async function writeConfigFile (home: string, config: ConfigInput): Promise<void> {
+  await mkdir(home, { recursive: true, mode: 0o700 })
+  const path = configPath(home)
+  const tmp = `${path}.${process.pid}.tmp`
+  await writeFile(tmp, JSON.stringify(config, null, 2) + '\n', { mode: 0o600 })
+  await rename(tmp, path)
+}

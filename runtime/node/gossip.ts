@@ -1,0 +1,126 @@
+import { TopicValidatorResult, type GossipSub, type Message } from '@libp2p/gossipsub'
+import type { PeerId, PrivateKey } from '@libp2p/interface'
+import {
+  EnvelopeRejected, REJECT_REASONS, ReplayGuard, encodeEnvelope, openEnvelope, sealEnvelope, topicFor,
+  type Envelope, type MessageKind, type RejectReason
+} from '../../protocols/index.ts'
+import type { Store } from '../store/store.ts'
+import type { Logger } from '../log.ts'
+
+export type EnvelopeHandler<B> = (env: Envelope<B>) => void | Promise<void>
+
+export interface GossipStats {
+  accepted: Record<string, number>
+  published: Record<string, number>
+  rejected: Record<RejectReason, number>
+}
+
+/**
+ * Typed, signed gossip over gossipsub. Every incoming message passes openEnvelope inside gossipsub's
+ * topic validator, so an invalid one is Rejected there: gossipsub then neither delivers nor forwards
+ * it and lowers the relaying peer's score. Accepted envelopes are stored (the transcript) before
+ * handlers see them; rejected ones are counted and logged, never stored.
+ */
+export class GossipBus {
+  private readonly kinds = new Map<string, MessageKind>()
+  private readonly handlers = new Map<string, Array<EnvelopeHandler<unknown>>>()
+  private readonly replay = new ReplayGuard()
+  // The validator has already decoded the message; the 'message' event hands us the same object.
+  private readonly decoded = new WeakMap<Message, Envelope>()
+  private readonly stats: GossipStats = { accepted: {}, published: {}, rejected: Object.fromEntries(REJECT_REASONS.map((r) => [r, 0])) as Record<RejectReason, number> }
+  private readonly onMessage = (evt: CustomEvent<Message>): void => { void this.deliver(evt.detail) }
+
+  constructor (
+    private readonly pubsub: GossipSub,
+    private readonly key: PrivateKey,
+    private readonly networkId: string,
+    private readonly store: Store,
+    private readonly log: Logger
+  ) {
+    pubsub.addEventListener('message', this.onMessage)
+  }
+
+  topic (kind: string): string {
+    return topicFor(this.networkId, kind)
+  }
+
+  /** Joins the topic of a message kind; handlers run for every accepted envelope of that kind. */
+  subscribe<B> (kind: MessageKind<B>, handler?: EnvelopeHandler<B>): void {
+    const topic = this.topic(kind.kind)
+    if (!this.kinds.has(kind.kind)) {
+      this.kinds.set(kind.kind, kind as MessageKind)
+      this.pubsub.topicValidators.set(topic, async (peer, msg) => await this.validate(peer, msg))
+      this.pubsub.subscribe(topic)
+    }
+    if (handler !== undefined) {
+      const list = this.handlers.get(kind.kind) ?? []
+      list.push(handler as EnvelopeHandler<unknown>)
+      this.handlers.set(kind.kind, list)
+    }
+  }
+
+  /** Signs, stores and publishes. Returns the envelope as sent. */
+  async publish<B> (kind: MessageKind<B>, body: B, opts: { ttlMs?: number } = {}): Promise<Envelope<B>> {
+    const env = await sealEnvelope(this.key, kind, body, { networkId: this.networkId, ttlMs: opts.ttlMs })
+    const bytes = encodeEnvelope(env)
+    this.replay.admit(env.from, env.id, env.exp)
+    await this.store.saveMessage(env, true)
+    await this.pubsub.publish(this.topic(kind.kind), bytes)
+    this.stats.published[kind.kind] = (this.stats.published[kind.kind] ?? 0) + 1
+    return env
+  }
+
+  getStats (): GossipStats {
+    return structuredClone(this.stats)
+  }
+
+  stop (): void {
+    this.pubsub.removeEventListener('message', this.onMessage)
+    for (const kind of this.kinds.keys()) this.pubsub.topicValidators.delete(this.topic(kind))
+  }
+
+  private async validate (relayedBy: PeerId, msg: Message): Promise<TopicValidatorResult> {
+    try {
+      if (msg.type !== 'signed') throw new EnvelopeRejected('malformed', 'gossipsub message is unsigned')
+      const env = await openEnvelope(msg.data, { networkId: this.networkId, kinds: this.kinds, signer: msg.from.toString() })
+      if (this.topic(env.kind) !== msg.topic) throw new EnvelopeRejected('malformed', `a ${env.kind} envelope on topic ${msg.topic}`)
+      if (!this.replay.admit(env.from, env.id, env.exp)) throw new EnvelopeRejected('replayed', `envelope ${env.id} from ${env.from} was already seen`)
+      this.decoded.set(msg, env)
+      return TopicValidatorResult.Accept
+    } catch (err) {
+      if (!(err instanceof EnvelopeRejected)) {
+        this.log.error('validator failed', { topic: msg.topic, error: (err as Error).message })
+        return TopicValidatorResult.Ignore
+      }
+      this.stats.rejected[err.reason]++
+      this.log.warn('rejected gossip', {
+        reason: err.reason,
+        topic: msg.topic,
+        relayedBy: relayedBy.toString(),
+        author: msg.type === 'signed' ? msg.from.toString() : 'unsigned',
+        detail: err.message.slice(0, 200)
+      })
+      return TopicValidatorResult.Reject
+    }
+  }
+
+  private async deliver (msg: Message): Promise<void> {
+    const env = this.decoded.get(msg)
+    if (env === undefined) return // not one of our topics, or not validated by us
+    this.decoded.delete(msg)
+    this.stats.accepted[env.kind] = (this.stats.accepted[env.kind] ?? 0) + 1
+    try {
+      await this.store.saveMessage(env, false)
+    } catch (err) {
+      this.log.error('could not store an accepted message', { kind: env.kind, error: (err as Error).message })
+      return
+    }
+    for (const handler of this.handlers.get(env.kind) ?? []) {
+      try {
+        await handler(env)
+      } catch (err) {
+        this.log.error('gossip handler failed', { kind: env.kind, error: (err as Error).message })
+      }
+    }
+  }
+}

@@ -1,0 +1,91 @@
+import { createLibp2p, type Libp2p } from 'libp2p'
+import { tcp } from '@libp2p/tcp'
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { identify, identifyPush } from '@libp2p/identify'
+import { ping } from '@libp2p/ping'
+import { gossipsub, type GossipSub } from '@libp2p/gossipsub'
+import { kadDHT, removePublicAddressesMapper, passthroughMapper, type KadDHT } from '@libp2p/kad-dht'
+import { bootstrap } from '@libp2p/bootstrap'
+import { mdns } from '@libp2p/mdns'
+import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
+import { autoNAT } from '@libp2p/autonat'
+import { dcutr } from '@libp2p/dcutr'
+import { preSharedKey } from '@libp2p/pnet'
+import type { PrivateKey } from '@libp2p/interface'
+import type { Identify } from '@libp2p/identify'
+import type { Ping } from '@libp2p/ping'
+import { dhtProtocolFor } from '../../protocols/index.ts'
+import type { Config } from '../config.ts'
+
+export interface HostServices {
+  identify: Identify
+  ping: Ping
+  pubsub: GossipSub
+  dht?: KadDHT
+  [name: string]: unknown
+}
+
+export type Host = Libp2p<HostServices>
+
+/** The swarm.key text libp2p's pnet expects, from the 64-hex-character key kept in config and invites. */
+export function swarmKeyFromHex (hex: string): Uint8Array {
+  return new TextEncoder().encode(`/key/swarm/psk/1.0.0/\n/base16/\n${hex}`)
+}
+
+function isLoopbackOrPrivate (addrs: string[]): boolean {
+  return addrs.every((a) => /^\/ip4\/(127\.|10\.|192\.168\.|172\.(1[6-9]|2\d|3[01])\.)|^\/ip6\/(::1|fe80|fc|fd)/.test(a))
+}
+
+/**
+ * Builds the libp2p host from the owner's config: TCP + noise + yamux, identify, ping, signed gossipsub,
+ * a network-scoped kad-dht, bootstrap and mDNS discovery, and circuit relay v2 + DCUtR + AutoNAT for
+ * peers behind NAT. A mesh key turns on libp2p's private network protector.
+ */
+export async function createHost (key: PrivateKey, config: Config): Promise<Host> {
+  const peerDiscovery = []
+  if (config.bootstrap.length > 0) peerDiscovery.push(bootstrap({ list: config.bootstrap, timeout: 100 }))
+  if (config.mdns) peerDiscovery.push(mdns({ serviceTag: `clawmesh-${config.networkId}` }))
+
+  const services: Record<string, (components: any) => unknown> = {
+    identify: identify(),
+    identifyPush: identifyPush(),
+    ping: ping(),
+    pubsub: gossipsub({
+      // Our own envelope signature rides on top; StrictSign makes gossipsub bind the relaying author too.
+      globalSignaturePolicy: 'StrictSign',
+      allowPublishToZeroTopicPeers: true,
+      emitSelf: false,
+      // Small meshes (a household, a test) should still gossip to everyone quickly.
+      D: 6,
+      Dlo: 3,
+      Dhi: 12
+    })
+  }
+  if (config.dht) {
+    // A mesh that lives on one LAN (or loopback) keeps private addresses; kad-dht drops them by default.
+    const lanOnly = isLoopbackOrPrivate([...config.listen, ...config.bootstrap])
+    services.dht = kadDHT({
+      protocol: dhtProtocolFor(config.networkId),
+      clientMode: false,
+      peerInfoMapper: lanOnly ? removePublicAddressesMapper : passthroughMapper
+    })
+  }
+  const listen = [...config.listen]
+  if (config.nat.relayClient) listen.push('/p2p-circuit')
+  if (config.nat.relayServer) services.relay = circuitRelayServer()
+  if (config.nat.autonat) services.autonat = autoNAT()
+  if (config.nat.dcutr) services.dcutr = dcutr()
+
+  return await createLibp2p({
+    privateKey: key,
+    addresses: { listen, announce: config.announce },
+    transports: [tcp(), ...(config.nat.relayClient ? [circuitRelayTransport()] : [])],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    ...(config.meshKey !== undefined ? { connectionProtector: preSharedKey({ psk: swarmKeyFromHex(config.meshKey) }) } : {}),
+    peerDiscovery,
+    connectionManager: { maxConnections: config.maxConnections },
+    services
+  }) as unknown as Host
+}

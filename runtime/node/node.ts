@@ -1,0 +1,187 @@
+import { mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { PrivateKey, PeerId } from '@libp2p/interface'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
+import type { Presence } from '../../protocols/index.ts'
+import { loadConfig, type Config, type ConfigInput } from '../config.ts'
+import { createLogger, type Logger } from '../log.ts'
+import { Store } from '../store/store.ts'
+import { SOFTWARE_VERSION } from '../version.ts'
+import { scanModels } from '../engine/catalog.ts'
+import { createHost, type Host } from './host.ts'
+import { loadOrCreateIdentity } from './identity.ts'
+import { GossipBus } from './gossip.ts'
+import { PresenceService } from './presence.ts'
+import { probeHardware } from './hardware.ts'
+import { clearStatus, readLiveStatus, writeStatus, type NodeStatus } from './status-file.ts'
+
+export const DATABASE_FILE = 'clawmesh.db'
+
+export interface OpenNodeOptions {
+  home: string
+  /** Applied over the config file and environment (CLI flags, tests). */
+  overrides?: Partial<ConfigInput>
+  env?: NodeJS.ProcessEnv
+  log?: Logger
+}
+
+/**
+ * One ClawBot's node: identity, database, libp2p host, signed gossip and presence. Opening it reads
+ * the home (creating identity and database on first use); start() joins the mesh; stop() leaves cleanly.
+ */
+export class MeshNode {
+  host: Host | undefined
+  bus: GossipBus | undefined
+  presence: PresenceService | undefined
+  /** What the node is doing; the agent's lifecycle replaces this once it runs. */
+  state = 'offline'
+  private readonly startedAt = Date.now()
+  private statusTimer: NodeJS.Timeout | undefined
+  private statusDirty: NodeJS.Timeout | undefined
+  private readonly dialing = new Set<string>()
+
+  private constructor (
+    readonly home: string,
+    readonly config: Config,
+    readonly key: PrivateKey,
+    readonly peerId: PeerId,
+    readonly store: Store,
+    readonly log: Logger
+  ) {}
+
+  static async open (opts: OpenNodeOptions): Promise<MeshNode> {
+    const config = await loadConfig(opts.home, opts.overrides, opts.env)
+    await mkdir(opts.home, { recursive: true, mode: 0o700 })
+    const log = opts.log ?? createLogger(config.name, config.logLevel)
+    const { key, created } = await loadOrCreateIdentity(opts.home)
+    const peerId = peerIdFromPrivateKey(key)
+    if (created) log.info('created a new identity', { peerId: peerId.toString(), home: opts.home })
+    const store = await Store.open(join(opts.home, DATABASE_FILE))
+    await store.setMeta('peer_id', peerId.toString())
+    return new MeshNode(opts.home, config, key, peerId, store, log)
+  }
+
+  get modelsDir (): string {
+    return this.config.modelsDir ?? join(this.home, 'models')
+  }
+
+  async start (): Promise<void> {
+    const running = await readLiveStatus(this.home)
+    if (running !== undefined && running.pid !== process.pid) {
+      throw new Error(`a node is already running from ${this.home} (pid ${running.pid}); stop it first`)
+    }
+    this.state = 'booting'
+    const host = await createHost(this.key, this.config)
+    this.host = host
+    host.addEventListener('peer:connect', (evt) => {
+      const addrs = host.getConnections(evt.detail).map((c) => c.remoteAddr.toString())
+      void this.store.touchPeer(evt.detail.toString(), addrs).catch(() => {})
+      this.markStatusDirty()
+    })
+    host.addEventListener('peer:disconnect', () => { this.markStatusDirty() })
+    this.bus = new GossipBus(host.services.pubsub, this.key, this.config.networkId, this.store, this.log.child('gossip'))
+    this.presence = new PresenceService(this.bus, host.services.pubsub, this.store, this.log.child('presence'), async () => await this.describe(), this.config.presenceIntervalMs)
+    this.presence.onPresence((p) => {
+      this.markStatusDirty()
+      void this.meshWith(p.peerId, p.presence.addrs)
+    })
+    this.state = 'idle'
+    await this.presence.start()
+    await this.writeStatusNow()
+    this.statusTimer = setInterval(() => { void this.writeStatusNow() }, Math.min(this.config.presenceIntervalMs, 5000))
+    this.log.info('node started', {
+      peerId: this.peerId.toString(),
+      network: this.config.networkId,
+      private: this.config.meshKey !== undefined,
+      addrs: this.multiaddrs()
+    })
+  }
+
+  async stop (): Promise<void> {
+    clearInterval(this.statusTimer)
+    clearTimeout(this.statusDirty)
+    this.presence?.stop()
+    this.bus?.stop()
+    if (this.host !== undefined) await this.host.stop()
+    this.host = undefined
+    this.state = 'stopped'
+    await clearStatus(this.home)
+    await this.store.close()
+    this.log.info('node stopped')
+  }
+
+  /** Dialable addresses of this node, each ending in /p2p/<peerId>. */
+  multiaddrs (): string[] {
+    return (this.host?.getMultiaddrs() ?? []).map((a) => a.toString()).filter((a) => !a.includes('/p2p-circuit'))
+  }
+
+  async describe (): Promise<Presence> {
+    const models = await scanModels(this.modelsDir, this.store, (msg) => this.log.warn(msg))
+    return {
+      name: this.config.name,
+      software: SOFTWARE_VERSION,
+      hardware: await probeHardware({ gpu: this.config.probeGpu }),
+      models,
+      priceFloor: this.config.priceFloor,
+      addrs: this.multiaddrs().slice(0, 16),
+      uptimeS: Math.floor((Date.now() - this.startedAt) / 1000),
+      state: this.state
+    }
+  }
+
+  status (): NodeStatus {
+    const host = this.host
+    return {
+      pid: process.pid,
+      name: this.config.name,
+      peerId: this.peerId.toString(),
+      networkId: this.config.networkId,
+      privateMesh: this.config.meshKey !== undefined,
+      startedAt: this.startedAt,
+      updatedAt: Date.now(),
+      addrs: this.multiaddrs(),
+      connections: (host?.getConnections() ?? []).map((c) => ({ peerId: c.remotePeer.toString(), addr: c.remoteAddr.toString(), direction: c.direction })),
+      presentPeers: this.presence?.peers().length ?? 0,
+      gossip: this.bus?.getStats() ?? { accepted: {}, published: {}, rejected: {} as NodeStatus['gossip']['rejected'] },
+      state: this.state
+    }
+  }
+
+  /**
+   * Bootstrap gives every node the same first neighbour; left alone the mesh would be a star that dies
+   * with its hub. So while we have fewer than meshTarget connections, we dial peers we hear from. Only
+   * addresses that name the announcing peer itself are dialled: a heartbeat cannot aim us at a third party.
+   */
+  private async meshWith (peerId: string, addrs: string[]): Promise<void> {
+    const host = this.host
+    if (host === undefined || peerId === this.peerId.toString()) return
+    if (host.getConnections().length >= this.config.meshTarget) return
+    if (host.getConnections().some((c) => c.remotePeer.toString() === peerId)) return
+    if (this.dialing.has(peerId)) return
+    const own = addrs.filter((a) => a.endsWith(`/p2p/${peerId}`)).slice(0, 4)
+    if (own.length === 0) return
+    this.dialing.add(peerId)
+    try {
+      await host.dial(own.map((a) => multiaddr(a)), { signal: AbortSignal.timeout(5000) })
+    } catch (err) {
+      this.log.debug('could not dial a present peer', { peer: peerId, error: (err as Error).message })
+    } finally {
+      this.dialing.delete(peerId)
+    }
+  }
+
+  private markStatusDirty (): void {
+    if (this.statusDirty !== undefined) return
+    this.statusDirty = setTimeout(() => { this.statusDirty = undefined; void this.writeStatusNow() }, 250)
+  }
+
+  private async writeStatusNow (): Promise<void> {
+    if (this.host === undefined) return
+    try {
+      await writeStatus(this.home, this.status())
+    } catch (err) {
+      this.log.warn('could not write status', { error: (err as Error).message })
+    }
+  }
+}

@@ -1,0 +1,88 @@
+import type { Queryable } from './sqlite.ts'
+
+/**
+ * Schema migrations, applied in order, each in its own transaction, recorded in PRAGMA user_version.
+ * Never edit a migration that has shipped: add a new one.
+ */
+export const MIGRATIONS: readonly string[] = [
+  // 1: the mesh node (peers, gossip transcript) and the tables later layers fill.
+  `
+  CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  );
+  CREATE TABLE peers (
+    peer_id     TEXT PRIMARY KEY,
+    name        TEXT,
+    first_seen  INTEGER NOT NULL,
+    last_seen   INTEGER NOT NULL,
+    addrs       TEXT NOT NULL DEFAULT '[]',
+    presence    TEXT,
+    presence_at INTEGER
+  );
+  -- Every gossip envelope accepted (and every one we sent), verbatim: the raw transcript.
+  CREATE TABLE messages (
+    author      TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    ts          INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    outgoing    INTEGER NOT NULL DEFAULT 0,
+    envelope    TEXT NOT NULL,
+    PRIMARY KEY (author, id)
+  );
+  CREATE INDEX messages_by_kind_time ON messages (kind, received_at);
+  CREATE TABLE model_files (
+    path        TEXT PRIMARY KEY,
+    size_bytes  INTEGER NOT NULL,
+    mtime_ms    INTEGER NOT NULL,
+    sha256      TEXT NOT NULL,
+    architecture TEXT NOT NULL,
+    layers      INTEGER NOT NULL
+  );
+  -- Filled by the negotiation layer: signed agreements to serve a layer range of a model.
+  CREATE TABLE contracts (
+    id          TEXT PRIMARY KEY,
+    model_sha256 TEXT NOT NULL,
+    head        TEXT NOT NULL,
+    worker      TEXT NOT NULL,
+    layer_start INTEGER NOT NULL,
+    layer_end   INTEGER NOT NULL,
+    price       REAL NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    document    TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+  );
+  CREATE INDEX contracts_by_worker ON contracts (worker, model_sha256, status);
+  -- Filled by the economy layer: an append-only, hash-chained, double-entry ledger.
+  CREATE TABLE ledger (
+    seq         INTEGER PRIMARY KEY,
+    ts          INTEGER NOT NULL,
+    debit       TEXT NOT NULL,
+    credit      TEXT NOT NULL,
+    amount      INTEGER NOT NULL CHECK (amount > 0),
+    memo        TEXT NOT NULL,
+    receipt     TEXT,
+    prev_hash   TEXT NOT NULL,
+    hash        TEXT NOT NULL UNIQUE
+  );
+  CREATE TRIGGER ledger_append_only_update BEFORE UPDATE ON ledger BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;
+  CREATE TRIGGER ledger_append_only_delete BEFORE DELETE ON ledger BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;
+  `
+]
+
+export async function migrate (db: { get: Queryable['get'], transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> }, path: string): Promise<number> {
+  const row = await db.get<{ user_version: number }>('PRAGMA user_version')
+  const current = row?.user_version ?? 0
+  if (current > MIGRATIONS.length) {
+    throw new Error(`database ${path} has schema version ${current}, newer than this clawmesh knows (${MIGRATIONS.length}); upgrade clawmesh`)
+  }
+  for (let version = current + 1; version <= MIGRATIONS.length; version++) {
+    await db.transaction(async (tx) => {
+      await tx.exec(MIGRATIONS[version - 1])
+      await tx.exec(`PRAGMA user_version = ${version}`)
+    })
+  }
+  return MIGRATIONS.length
+}
