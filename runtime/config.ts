@@ -55,6 +55,10 @@ const ENV_FIELDS: Record<string, (value: string) => Partial<ConfigInput>> = {
   CLAWMESH_MESH_KEY: (v) => ({ meshKey: v }),
   CLAWMESH_MDNS: (v) => ({ mdns: bool('CLAWMESH_MDNS', v) }),
   CLAWMESH_DHT: (v) => ({ dht: bool('CLAWMESH_DHT', v) }),
+  CLAWMESH_NAT: (v) => {
+    const on = bool('CLAWMESH_NAT', v)
+    return { nat: { relayClient: on, relayServer: false, autonat: on, dcutr: on } }
+  },
   CLAWMESH_PRESENCE_MS: (v) => ({ presenceIntervalMs: Number(v) }),
   CLAWMESH_PRICE_FLOOR: (v) => ({ priceFloor: Number(v) }),
   CLAWMESH_MODELS_DIR: (v) => ({ modelsDir: v }),

@@ -2,8 +2,9 @@ import '../polyfill.ts'
 import { Command, Option } from 'commander'
 import { resolveHome, CONFIG_ENV_VARS } from '../config.ts'
 import { SOFTWARE_VERSION } from '../version.ts'
-import { cmdInit, cmdInvite, cmdJoin, cmdPeers, cmdStart, cmdStatus } from './commands.ts'
-import { cmdDemo } from './demo.ts'
+
+// Commands load libp2p, sqlite and friends only when they run, so that --help and typos answer at once.
+const commands = async (): Promise<typeof import('./commands.ts')> => await import('./commands.ts')
 
 interface HomeOpts { home?: string, name?: string, json?: boolean }
 
@@ -16,6 +17,12 @@ const json = new Option('--json', 'print machine-readable JSON on stdout (stable
 function home (opts: HomeOpts): string {
   return resolveHome({ home: opts.home, name: opts.name })
 }
+
+function collect (value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value]
+}
+
+const listenOption = (): Option => new Option('--listen <multiaddr>', 'address to listen on, repeatable (e.g. /ip4/127.0.0.1/tcp/4011); overrides --port').argParser(collect)
 
 function parsePort (value: string): number {
   const port = Number(value)
@@ -33,44 +40,48 @@ export function buildProgram (): Command {
     .description('create an agent home: identity (Ed25519 key = PeerId), database and config')
     .option('--network <id>', 'network id to join (default clawmesh)')
     .option('--port <port>', 'TCP port to listen on (default 4011)', parsePort)
+    .addOption(listenOption())
     .option('--private', 'start a private mesh: generate a pre-shared key that every member needs')
     .addOption(json)
-    .action(async (o: HomeOpts & { network?: string, port?: number, private?: boolean }) => {
-      await cmdInit(home(o), { name: o.name, networkId: o.network, port: o.port, meshKey: o.private === true ? true : undefined, json: o.json === true })
+    .action(async (o: HomeOpts & { network?: string, port?: number, listen?: string[], private?: boolean }) => {
+      await (await commands()).cmdInit(home(o), { name: o.name, networkId: o.network, port: o.port, listen: o.listen, meshKey: o.private === true ? true : undefined, json: o.json === true })
     })
 
   homeOptions(program.command('start'))
     .description('run the node in the foreground (Ctrl-C or SIGTERM stops it cleanly)')
     .option('--port <port>', 'TCP port to listen on, for this run', parsePort)
-    .action(async (o: HomeOpts & { port?: number }) => {
-      await cmdStart(home(o), o.port !== undefined ? { listen: [`/ip4/0.0.0.0/tcp/${o.port}`] } : {})
+    .addOption(listenOption())
+    .action(async (o: HomeOpts & { port?: number, listen?: string[] }) => {
+      const listen = o.listen ?? (o.port !== undefined ? [`/ip4/0.0.0.0/tcp/${o.port}`] : undefined)
+      await (await commands()).cmdStart(home(o), listen !== undefined ? { listen } : {})
       process.exit(0)
     })
 
   homeOptions(program.command('status'))
     .description('show whether the node runs, its identity, network, connections and gossip counters')
     .addOption(json)
-    .action(async (o: HomeOpts) => { await cmdStatus(home(o), { json: o.json === true }) })
+    .action(async (o: HomeOpts) => { await (await commands()).cmdStatus(home(o), { json: o.json === true }) })
 
   homeOptions(program.command('peers'))
     .description('list the peers this node knows: connected or heard on gossip, with hardware and models')
     .addOption(json)
-    .action(async (o: HomeOpts) => { await cmdPeers(home(o), { json: o.json === true }) })
+    .action(async (o: HomeOpts) => { await (await commands()).cmdPeers(home(o), { json: o.json === true }) })
 
   homeOptions(program.command('invite'))
     .description('print a one-line invite (network id, bootstrap addresses, private-mesh key if any)')
     .option('--expires <duration>', 'refuse the invite after this long, e.g. 30m, 12h, 7d')
     .addOption(json)
-    .action(async (o: HomeOpts & { expires?: string }) => { await cmdInvite(home(o), { json: o.json === true, expires: o.expires }) })
+    .action(async (o: HomeOpts & { expires?: string }) => { await (await commands()).cmdInvite(home(o), { json: o.json === true, expires: o.expires }) })
 
   homeOptions(program.command('join'))
     .description('set up this agent from an invite and start it')
     .argument('<invite>', 'the line printed by "clawmesh invite"')
     .option('--port <port>', 'TCP port to listen on (default 4011)', parsePort)
+    .addOption(listenOption())
     .option('--no-start', 'only write the configuration; start later with "clawmesh start"')
     .addOption(json)
-    .action(async (line: string, o: HomeOpts & { port?: number, start: boolean }) => {
-      await cmdJoin(home(o), line, { json: o.json === true, start: o.start, name: o.name, port: o.port })
+    .action(async (line: string, o: HomeOpts & { port?: number, listen?: string[], start: boolean }) => {
+      await (await commands()).cmdJoin(home(o), line, { json: o.json === true, start: o.start, name: o.name, port: o.port, listen: o.listen })
       if (o.start) process.exit(0)
     })
 
@@ -79,7 +90,7 @@ export function buildProgram (): Command {
     .option('--nodes <n>', 'how many agents', (v) => Number(v), 4)
     .option('--duration <seconds>', 'stop after this many seconds (default: run until Ctrl-C)', (v) => Number(v))
     .action(async (o: { nodes: number, duration?: number }) => {
-      await cmdDemo({ nodes: o.nodes, durationS: o.duration })
+      await (await import('./demo.ts')).cmdDemo({ nodes: o.nodes, durationS: o.duration })
       process.exit(0)
     })
 

@@ -1,4 +1,5 @@
 import { TopicValidatorResult, type GossipSub, type Message } from '@libp2p/gossipsub'
+import { createTopicScoreParams, type TopicScoreParams } from '@libp2p/gossipsub/score'
 import type { PeerId, PrivateKey } from '@libp2p/interface'
 import {
   EnvelopeRejected, REJECT_REASONS, ReplayGuard, encodeEnvelope, openEnvelope, sealEnvelope, topicFor,
@@ -50,6 +51,7 @@ export class GossipBus {
     if (!this.kinds.has(kind.kind)) {
       this.kinds.set(kind.kind, kind as MessageKind)
       this.pubsub.topicValidators.set(topic, async (peer, msg) => await this.validate(peer, msg))
+      this.scoreTopic(topic)
       this.pubsub.subscribe(topic)
     }
     if (handler !== undefined) {
@@ -77,6 +79,35 @@ export class GossipBus {
   stop (): void {
     this.pubsub.removeEventListener('message', this.onMessage)
     for (const kind of this.kinds.keys()) this.pubsub.topicValidators.delete(this.topic(kind))
+  }
+
+  /**
+   * Gossipsub only penalises invalid messages on topics that have score parameters. Ours: each rejected
+   * message costs the relaying peer -10 (squared as they accumulate, so three put it on the graylist),
+   * and the penalty fades with a half-life of about a minute, so an honest peer with a skewed clock
+   * recovers. Quiet topics (a heartbeat every 15 s) must not be penalised for being quiet.
+   */
+  private scoreTopic (topic: string): void {
+    const score = (this.pubsub as unknown as { score?: { params: { topics: Record<string, TopicScoreParams> } } }).score
+    if (score === undefined) return
+    score.params.topics[topic] = createTopicScoreParams({
+      topicWeight: 1,
+      timeInMeshWeight: 0.01,
+      timeInMeshQuantum: 1000,
+      timeInMeshCap: 100,
+      firstMessageDeliveriesWeight: 0.5,
+      firstMessageDeliveriesDecay: 0.9,
+      firstMessageDeliveriesCap: 20,
+      meshMessageDeliveriesWeight: 0,
+      meshFailurePenaltyWeight: 0,
+      invalidMessageDeliveriesWeight: -10,
+      invalidMessageDeliveriesDecay: 0.99
+    })
+  }
+
+  /** The gossipsub score we give a peer (negative after it relayed invalid messages). */
+  scoreOf (peerId: string): number {
+    return (this.pubsub as unknown as { getScore (id: string): number }).getScore(peerId)
   }
 
   private async validate (relayedBy: PeerId, msg: Message): Promise<TopicValidatorResult> {

@@ -5,6 +5,7 @@ import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify, identifyPush } from '@libp2p/identify'
 import { ping } from '@libp2p/ping'
 import { gossipsub, type GossipSub } from '@libp2p/gossipsub'
+import type { MetricsRegister } from '@libp2p/gossipsub/metrics'
 import { kadDHT, removePublicAddressesMapper, passthroughMapper, type KadDHT } from '@libp2p/kad-dht'
 import { bootstrap } from '@libp2p/bootstrap'
 import { mdns } from '@libp2p/mdns'
@@ -12,7 +13,7 @@ import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay
 import { autoNAT } from '@libp2p/autonat'
 import { dcutr } from '@libp2p/dcutr'
 import { preSharedKey } from '@libp2p/pnet'
-import type { PrivateKey } from '@libp2p/interface'
+import type { Metrics, PrivateKey } from '@libp2p/interface'
 import type { Identify } from '@libp2p/identify'
 import type { Ping } from '@libp2p/ping'
 import { dhtProtocolFor } from '../../protocols/index.ts'
@@ -42,7 +43,14 @@ function isLoopbackOrPrivate (addrs: string[]): boolean {
  * a network-scoped kad-dht, bootstrap and mDNS discovery, and circuit relay v2 + DCUtR + AutoNAT for
  * peers behind NAT. A mesh key turns on libp2p's private network protector.
  */
-export async function createHost (key: PrivateKey, config: Config): Promise<Host> {
+export interface HostExtras {
+  /** A libp2p metrics implementation (benchmarks measure bytes per protocol with it). */
+  metrics?: (components: any) => Metrics
+  /** Gossipsub's own metrics (RPC bytes sent and received, among others). */
+  gossipsubMetrics?: MetricsRegister
+}
+
+export async function createHost (key: PrivateKey, config: Config, extras: HostExtras = {}): Promise<Host> {
   const peerDiscovery = []
   if (config.bootstrap.length > 0) peerDiscovery.push(bootstrap({ list: config.bootstrap, timeout: 100 }))
   if (config.mdns) peerDiscovery.push(mdns({ serviceTag: `clawmesh-${config.networkId}` }))
@@ -59,7 +67,8 @@ export async function createHost (key: PrivateKey, config: Config): Promise<Host
       // Small meshes (a household, a test) should still gossip to everyone quickly.
       D: 6,
       Dlo: 3,
-      Dhi: 12
+      Dhi: 12,
+      ...(extras.gossipsubMetrics !== undefined ? { metricsRegister: extras.gossipsubMetrics, metricsTopicStrToLabel: new Map() } : {})
     })
   }
   if (config.dht) {
@@ -86,6 +95,7 @@ export async function createHost (key: PrivateKey, config: Config): Promise<Host
     ...(config.meshKey !== undefined ? { connectionProtector: preSharedKey({ psk: swarmKeyFromHex(config.meshKey) }) } : {}),
     peerDiscovery,
     connectionManager: { maxConnections: config.maxConnections },
-    services
+    services,
+    ...(extras.metrics !== undefined ? { metrics: extras.metrics } : {})
   }) as unknown as Host
 }

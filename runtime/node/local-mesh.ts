@@ -2,6 +2,7 @@ import { join } from 'node:path'
 import { MeshNode } from './node.ts'
 import { createLogger, type LogLevel } from '../log.ts'
 import type { ConfigInput } from '../config.ts'
+import type { HostExtras } from './host.ts'
 
 /**
  * Several nodes in one process on 127.0.0.1: the demo, the tests and the benchmarks all use it.
@@ -21,22 +22,22 @@ export function loopbackConfig (name: string, extra: Partial<ConfigInput> = {}, 
   }
 }
 
-export async function openLoopbackNode (home: string, name: string, extra: Partial<ConfigInput> = {}, logLevel: LogLevel = 'silent'): Promise<MeshNode> {
+export async function openLoopbackNode (home: string, name: string, extra: Partial<ConfigInput> = {}, logLevel: LogLevel = 'silent', host?: HostExtras): Promise<MeshNode> {
   const overrides = loopbackConfig(name, extra, logLevel)
-  return await MeshNode.open({ home, overrides, env: {}, log: createLogger(name, overrides.logLevel) })
+  return await MeshNode.open({ home, overrides, env: {}, log: createLogger(name, overrides.logLevel), host })
 }
 
 /**
  * Starts n nodes under root/<name>: the first alone, the rest bootstrapping from it only, so that they
  * find everyone else through the DHT and gossip as they would on a real network.
  */
-export async function startLocalMesh (root: string, n: number, opts: { extra?: Partial<ConfigInput>, logLevel?: LogLevel, names?: string[] } = {}): Promise<MeshNode[]> {
+export async function startLocalMesh (root: string, n: number, opts: { extra?: Partial<ConfigInput>, logLevel?: LogLevel, names?: string[], hostFor?: (i: number) => HostExtras } = {}): Promise<MeshNode[]> {
   const name = (i: number): string => opts.names?.[i] ?? `n${i}`
-  const first = await openLoopbackNode(join(root, name(0)), name(0), opts.extra, opts.logLevel)
+  const first = await openLoopbackNode(join(root, name(0)), name(0), opts.extra, opts.logLevel, opts.hostFor?.(0))
   await first.start()
   const bootstrap = first.multiaddrs()
   const rest = await Promise.all(Array.from({ length: n - 1 }, async (_, i) => {
-    const node = await openLoopbackNode(join(root, name(i + 1)), name(i + 1), { bootstrap, ...opts.extra }, opts.logLevel)
+    const node = await openLoopbackNode(join(root, name(i + 1)), name(i + 1), { bootstrap, ...opts.extra }, opts.logLevel, opts.hostFor?.(i + 1))
     await node.start()
     return node
   }))

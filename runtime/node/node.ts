@@ -9,7 +9,7 @@ import { createLogger, type Logger } from '../log.ts'
 import { Store } from '../store/store.ts'
 import { SOFTWARE_VERSION } from '../version.ts'
 import { scanModels } from '../engine/catalog.ts'
-import { createHost, type Host } from './host.ts'
+import { createHost, type Host, type HostExtras } from './host.ts'
 import { loadOrCreateIdentity } from './identity.ts'
 import { GossipBus } from './gossip.ts'
 import { PresenceService } from './presence.ts'
@@ -24,6 +24,7 @@ export interface OpenNodeOptions {
   overrides?: Partial<ConfigInput>
   env?: NodeJS.ProcessEnv
   log?: Logger
+  host?: HostExtras
 }
 
 /**
@@ -47,7 +48,8 @@ export class MeshNode {
     readonly key: PrivateKey,
     readonly peerId: PeerId,
     readonly store: Store,
-    readonly log: Logger
+    readonly log: Logger,
+    private readonly hostExtras: HostExtras = {}
   ) {}
 
   static async open (opts: OpenNodeOptions): Promise<MeshNode> {
@@ -59,7 +61,7 @@ export class MeshNode {
     if (created) log.info('created a new identity', { peerId: peerId.toString(), home: opts.home })
     const store = await Store.open(join(opts.home, DATABASE_FILE))
     await store.setMeta('peer_id', peerId.toString())
-    return new MeshNode(opts.home, config, key, peerId, store, log)
+    return new MeshNode(opts.home, config, key, peerId, store, log, opts.host)
   }
 
   get modelsDir (): string {
@@ -72,7 +74,7 @@ export class MeshNode {
       throw new Error(`a node is already running from ${this.home} (pid ${running.pid}); stop it first`)
     }
     this.state = 'booting'
-    const host = await createHost(this.key, this.config)
+    const host = await createHost(this.key, this.config, this.hostExtras)
     this.host = host
     host.addEventListener('peer:connect', (evt) => {
       const addrs = host.getConnections(evt.detail).map((c) => c.remoteAddr.toString())

@@ -1,0 +1,93 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { CliProcess, cliEnv, runCli, runJson } from '../helpers/cli.ts'
+import { tempDir, waitFor } from '../helpers/mesh.ts'
+
+const LOOPBACK = ['--listen', '/ip4/127.0.0.1/tcp/0']
+
+interface Status { running: boolean, peerId: string, networkId: string, privateMesh: boolean, live?: { connections: Array<{ peerId: string }>, addrs: string[], presentPeers: number } }
+interface Peer { peerId: string, name: string | null, connected: boolean, presence: { name: string } | null }
+
+describe('the clawmesh CLI', () => {
+  let dir: Awaited<ReturnType<typeof tempDir>>
+  let env: NodeJS.ProcessEnv
+  const procs: CliProcess[] = []
+
+  beforeAll(async () => {
+    dir = await tempDir()
+    env = cliEnv(dir.path)
+  })
+  afterAll(async () => {
+    await Promise.all(procs.map(async (p) => await p.stop('SIGKILL')))
+    await dir.cleanup()
+  })
+
+  it('has --help on every command', async () => {
+    for (const cmd of ['init', 'start', 'status', 'peers', 'invite', 'join', 'demo']) {
+      const r = await runCli([cmd, '--help'], env)
+      expect(r.code, cmd).toBe(0)
+      expect(r.stdout).toMatch(new RegExp(`Usage: clawmesh ${cmd}`))
+    }
+  })
+
+  it('explains what is missing instead of failing obscurely', async () => {
+    const r = await runCli(['status', '--name', 'nobody'], env)
+    expect(r.code).toBe(1)
+    expect(r.stderr).toMatch(/no clawmesh agent in .*nobody.*clawmesh init/)
+    const bad = await runCli(['join', 'clawmesh-invite:garbage', '--name', 'x', '--no-start'], env)
+    expect(bad.code).toBe(1)
+    expect(bad.stderr).toMatch(/invite/)
+  })
+
+  it('inits, starts, invites; a fresh home joins from the invite; both stop cleanly', async () => {
+    const init = await runJson<{ peerId: string, home: string }>(['init', '--name', 'alice', '--private', ...LOOPBACK], env)
+    expect(init.home).toBe(join(dir.path, 'alice'))
+    const offline = await runJson<Status>(['status', '--name', 'alice'], env)
+    expect(offline).toMatchObject({ running: false, peerId: init.peerId, privateMesh: true })
+
+    const alice = new CliProcess(['start', '--name', 'alice'], env)
+    procs.push(alice)
+    await alice.waitForOutput(/is up/)
+    await waitFor('alice status file', async () => (await runJson<Status>(['status', '--name', 'alice'], env)).running, 15_000, 200)
+
+    const { invite } = await runJson<{ invite: string }>(['invite', '--name', 'alice'], env)
+    expect(invite).toMatch(/^clawmesh-invite:/)
+
+    const bob = new CliProcess(['join', invite, '--name', 'bob', ...LOOPBACK], env)
+    procs.push(bob)
+    await bob.waitForOutput(/is up/)
+    await waitFor('bob to see alice', async () => {
+      const peers = await runJson<Peer[]>(['peers', '--name', 'bob'], env)
+      return peers.some((p) => p.peerId === init.peerId && p.connected && p.presence?.name === 'alice')
+    }, 20_000, 300)
+    const aliceStatus = await runJson<Status>(['status', '--name', 'alice'], env)
+    expect(aliceStatus.live!.presentPeers).toBe(1)
+    const bobStatus = await runJson<Status>(['status', '--name', 'bob'], env)
+    expect(bobStatus).toMatchObject({ running: true, privateMesh: true })
+
+    expect(await bob.stop('SIGTERM')).toBe(0)
+    expect(await alice.stop('SIGINT')).toBe(0)
+    expect(alice.stderr).toMatch(/node stopped/)
+    expect(existsSync(join(dir.path, 'alice', 'status.json'))).toBe(false)
+    expect((await runJson<Status>(['status', '--name', 'alice'], env)).running).toBe(false)
+  })
+
+  it('refuses an invite whose network key was tampered with', async () => {
+    const init = await runJson<{ peerId: string }>(['init', '--name', 'carol', ...LOOPBACK], env)
+    expect(init.peerId).toMatch(/^12D3KooW/)
+    const carol = new CliProcess(['start', '--name', 'carol'], env)
+    procs.push(carol)
+    await carol.waitForOutput(/is up/)
+    await waitFor('carol status file', async () => (await runJson<Status>(['status', '--name', 'carol'], env)).running, 15_000, 200)
+    const expiring = await runJson<{ invite: string, expiresAt: number }>(['invite', '--name', 'carol', '--expires', '1h'], env)
+    expect(expiring.expiresAt).toBeGreaterThan(Date.now())
+    const payload = JSON.parse(Buffer.from(expiring.invite.slice('clawmesh-invite:'.length), 'base64url').toString())
+    const tampered = 'clawmesh-invite:' + Buffer.from(JSON.stringify({ ...payload, exp: payload.exp + 1e9 })).toString('base64url')
+    const r = await runCli(['join', tampered, '--name', 'dave', '--no-start'], env)
+    expect(r.code).toBe(1)
+    expect(r.stderr).toMatch(/signature does not verify/)
+    expect(existsSync(join(dir.path, 'dave'))).toBe(false)
+    expect(await carol.stop()).toBe(0)
+  })
+})
