@@ -8,6 +8,7 @@ import { readLiveStatus, type NodeStatus } from '../node/status-file.ts'
 import { Store, type PeerRow } from '../store/store.ts'
 import { initHome, type InitOptions } from './home.ts'
 import { ago, bytes, printJson, table } from './format.ts'
+import type { CliExtension } from './extension.ts'
 
 export interface Out {
   json: boolean
@@ -24,9 +25,19 @@ export async function cmdInit (home: string, opts: InitOptions & Out): Promise<v
 }
 
 /** Runs a node in the foreground until SIGINT or SIGTERM, then leaves the mesh cleanly. */
-export async function cmdStart (home: string, overrides: Partial<ConfigInput>): Promise<void> {
+export async function cmdStart (home: string, overrides: Partial<ConfigInput>, extensions: CliExtension[] = []): Promise<void> {
   const node = await MeshNode.open({ home, overrides })
   await node.start()
+  const beforeStop: Array<() => Promise<void>> = []
+  for (const ext of extensions) {
+    try {
+      const undo = await ext.onStart?.(node)
+      if (typeof undo === 'function') beforeStop.unshift(undo)
+    } catch (err) {
+      await node.stop()
+      throw new Error(`${ext.name} failed to start: ${(err as Error).message}`)
+    }
+  }
   console.log(`clawmesh ${node.config.name} is up: ${node.peerId.toString()}`)
   for (const addr of node.multiaddrs()) console.log(`  listening on ${addr}`)
   console.log('Press Ctrl-C to stop.')
@@ -39,7 +50,13 @@ export async function cmdStart (home: string, overrides: Partial<ConfigInput>): 
       }
       stopping = true
       node.log.info(`received ${signal}, shutting down`)
-      node.stop().then(resolve, (err) => { console.error(`shutdown failed: ${(err as Error).message}`); process.exit(1) })
+      const shutdown = async (): Promise<void> => {
+        for (const undo of beforeStop) {
+          await undo().catch((err: unknown) => node.log.warn('extension shutdown failed', { error: (err as Error).message }))
+        }
+        await node.stop()
+      }
+      shutdown().then(resolve, (err) => { console.error(`shutdown failed: ${(err as Error).message}`); process.exit(1) })
     }
     process.on('SIGINT', () => stop('SIGINT'))
     process.on('SIGTERM', () => stop('SIGTERM'))
@@ -175,7 +192,7 @@ export async function cmdInvite (home: string, opts: Out & { expires?: string })
   if (config.meshKey !== undefined) console.error('This invite carries the private-mesh key: share it only with people you let in.')
 }
 
-export async function cmdJoin (home: string, line: string, opts: Out & { start: boolean, name?: string, port?: number, listen?: string[] }): Promise<Invite> {
+export async function cmdJoin (home: string, line: string, opts: Out & { start: boolean, name?: string, port?: number, listen?: string[] }, extensions: CliExtension[] = []): Promise<Invite> {
   const invite = await parseInvite(line)
   const result = await initHome(home, {
     name: opts.name,
@@ -191,6 +208,6 @@ export async function cmdJoin (home: string, line: string, opts: Out & { start: 
   }
   console.log(`Joined network ${invite.net}${invite.psk !== undefined ? ' (private mesh)' : ''} as ${result.config.name} (${result.peerId})`)
   console.log(`  home ${result.home}; bootstrap ${invite.boot.length} address(es) from ${invite.by}`)
-  if (opts.start) await cmdStart(home, {})
+  if (opts.start) await cmdStart(home, {}, extensions)
   return invite
 }

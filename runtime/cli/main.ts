@@ -2,6 +2,7 @@ import '../polyfill.ts'
 import { Command, Option } from 'commander'
 import { resolveHome, CONFIG_ENV_VARS } from '../config.ts'
 import { SOFTWARE_VERSION } from '../version.ts'
+import { loadExtensions, type CliContext, type CliExtension } from './extension.ts'
 
 // Commands load libp2p, sqlite and friends only when they run, so that --help and typos answer at once.
 const commands = async (): Promise<typeof import('./commands.ts')> => await import('./commands.ts')
@@ -30,7 +31,9 @@ function parsePort (value: string): number {
   return port
 }
 
-export function buildProgram (): Command {
+const context: CliContext = { homeOptions, jsonOption: () => new Option('--json', 'print machine-readable JSON on stdout (stable field names)'), home }
+
+export function buildProgram (extensions: CliExtension[] = []): Command {
   const program = new Command('clawmesh')
     .description('Home AI agents that pool their machines in a peer-to-peer mesh to run open LLMs together.')
     .version(SOFTWARE_VERSION)
@@ -53,7 +56,7 @@ export function buildProgram (): Command {
     .addOption(listenOption())
     .action(async (o: HomeOpts & { port?: number, listen?: string[] }) => {
       const listen = o.listen ?? (o.port !== undefined ? [`/ip4/0.0.0.0/tcp/${o.port}`] : undefined)
-      await (await commands()).cmdStart(home(o), listen !== undefined ? { listen } : {})
+      await (await commands()).cmdStart(home(o), listen !== undefined ? { listen } : {}, extensions)
       process.exit(0)
     })
 
@@ -81,7 +84,7 @@ export function buildProgram (): Command {
     .option('--no-start', 'only write the configuration; start later with "clawmesh start"')
     .addOption(json)
     .action(async (line: string, o: HomeOpts & { port?: number, listen?: string[], start: boolean }) => {
-      await (await commands()).cmdJoin(home(o), line, { json: o.json === true, start: o.start, name: o.name, port: o.port, listen: o.listen })
+      await (await commands()).cmdJoin(home(o), line, { json: o.json === true, start: o.start, name: o.name, port: o.port, listen: o.listen }, extensions)
       if (o.start) process.exit(0)
     })
 
@@ -94,10 +97,13 @@ export function buildProgram (): Command {
       process.exit(0)
     })
 
+  for (const extension of extensions) extension.commands?.(program, context)
   return program
 }
 
-buildProgram().parseAsync(process.argv).catch((err: unknown) => {
-  process.stderr.write(`clawmesh: ${(err as Error).message}\n`)
-  process.exit(1)
-})
+loadExtensions()
+  .then(async (extensions) => await buildProgram(extensions).parseAsync(process.argv))
+  .catch((err: unknown) => {
+    process.stderr.write(`clawmesh: ${(err as Error).message}\n`)
+    process.exit(1)
+  })

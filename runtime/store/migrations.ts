@@ -1,9 +1,6 @@
 import type { Queryable } from './sqlite.ts'
 
-/**
- * Schema migrations, applied in order, each in its own transaction, recorded in PRAGMA user_version.
- * Never edit a migration that has shipped: add a new one.
- */
+/** The runtime's own tables (namespace "runtime"). */
 export const MIGRATIONS: readonly string[] = [
   // 1: the mesh node (peers, gossip transcript) and the tables later layers fill.
   `
@@ -72,17 +69,33 @@ export const MIGRATIONS: readonly string[] = [
   `
 ]
 
-export async function migrate (db: { get: Queryable['get'], transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> }, path: string): Promise<number> {
-  const row = await db.get<{ user_version: number }>('PRAGMA user_version')
-  const current = row?.user_version ?? 0
-  if (current > MIGRATIONS.length) {
-    throw new Error(`database ${path} has schema version ${current}, newer than this clawmesh knows (${MIGRATIONS.length}); upgrade clawmesh`)
+export interface MigrationTarget {
+  get: Queryable['get']
+  transaction<T> (fn: (tx: Queryable) => Promise<T>): Promise<T>
+  exec: Queryable['exec']
+}
+
+/**
+ * Applies a layer's migrations in order, each in its own transaction. Every layer (runtime, agents,
+ * governance, …) keeps its own numbered list under its own namespace in schema_migrations, so layers
+ * add tables without the runtime knowing them and without fighting over one version number.
+ * Never edit a migration that has shipped: append a new one.
+ */
+export async function applyMigrations (db: MigrationTarget, namespace: string, migrations: readonly string[], path = 'database'): Promise<number> {
+  await db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (namespace TEXT PRIMARY KEY, version INTEGER NOT NULL, applied_at INTEGER NOT NULL)')
+  const row = await db.get<{ version: number }>('SELECT version FROM schema_migrations WHERE namespace = ?', [namespace])
+  const current = row?.version ?? 0
+  if (current > migrations.length) {
+    throw new Error(`${path} has ${namespace} schema version ${current}, newer than this clawmesh knows (${migrations.length}); upgrade clawmesh`)
   }
-  for (let version = current + 1; version <= MIGRATIONS.length; version++) {
+  for (let version = current + 1; version <= migrations.length; version++) {
     await db.transaction(async (tx) => {
-      await tx.exec(MIGRATIONS[version - 1])
-      await tx.exec(`PRAGMA user_version = ${version}`)
+      await tx.exec(migrations[version - 1])
+      await tx.run(
+        'INSERT INTO schema_migrations (namespace, version, applied_at) VALUES (?, ?, ?) ON CONFLICT(namespace) DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at',
+        [namespace, version, Date.now()]
+      )
     })
   }
-  return MIGRATIONS.length
+  return migrations.length
 }

@@ -1,5 +1,5 @@
 import { SqliteDb } from './sqlite.ts'
-import { migrate } from './migrations.ts'
+import { MIGRATIONS, applyMigrations } from './migrations.ts'
 import type { Envelope, Presence } from '../../protocols/index.ts'
 
 export interface PeerRow {
@@ -38,7 +38,7 @@ export class Store {
   static async open (path: string): Promise<Store> {
     const db = await SqliteDb.open(path)
     try {
-      await migrate(db, path)
+      await applyMigrations(db, 'runtime', MIGRATIONS, path)
     } catch (err) {
       await db.close()
       throw err

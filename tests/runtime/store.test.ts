@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { z } from 'zod'
 import { Store } from '../../runtime/store/store.ts'
-import { MIGRATIONS } from '../../runtime/store/migrations.ts'
+import { MIGRATIONS, applyMigrations } from '../../runtime/store/migrations.ts'
 import { defineKind, sealEnvelope } from '../../protocols/index.ts'
 import { tempDir } from '../helpers/mesh.ts'
 
@@ -21,7 +21,7 @@ async function freshStore (): Promise<{ store: Store, path: string }> {
 describe('store', () => {
   it('migrates to the latest schema in WAL mode and reopens without re-running migrations', async () => {
     const { store, path } = await freshStore()
-    expect((await store.db.get<{ user_version: number }>('PRAGMA user_version'))?.user_version).toBe(MIGRATIONS.length)
+    expect((await store.db.get<{ version: number }>("SELECT version FROM schema_migrations WHERE namespace = 'runtime'"))?.version).toBe(MIGRATIONS.length)
     expect((await store.db.get<{ journal_mode: string }>('PRAGMA journal_mode'))?.journal_mode).toBe('wal')
     await store.setMeta('k', 'v')
     await store.close()
@@ -32,7 +32,7 @@ describe('store', () => {
 
   it('refuses a database from a newer clawmesh instead of corrupting it', async () => {
     const { store, path } = await freshStore()
-    await store.db.exec(`PRAGMA user_version = ${MIGRATIONS.length + 1}`)
+    await store.db.run("UPDATE schema_migrations SET version = ? WHERE namespace = 'runtime'", [MIGRATIONS.length + 1])
     await store.close()
     await expect(Store.open(path)).rejects.toThrow(/newer than this clawmesh knows/)
   })
@@ -46,6 +46,18 @@ describe('store', () => {
     const rows = await store.listMessages({ kind: 'note' })
     expect(rows).toHaveLength(1)
     expect(rows[0].envelope).toEqual(env)
+    await store.close()
+  })
+
+  it('keeps each layer\'s migrations apart', async () => {
+    const { store } = await freshStore()
+    await applyMigrations(store.db, 'plugin', ['CREATE TABLE plugin_a (x INTEGER)', 'ALTER TABLE plugin_a ADD COLUMN y TEXT'])
+    expect(await applyMigrations(store.db, 'plugin', ['CREATE TABLE plugin_a (x INTEGER)', 'ALTER TABLE plugin_a ADD COLUMN y TEXT'])).toBe(2)
+    await store.db.run('INSERT INTO plugin_a (x, y) VALUES (1, ?)', ['a'])
+    // A failing migration leaves neither its table nor a recorded version behind.
+    await expect(applyMigrations(store.db, 'broken', ['CREATE TABLE half (x); CREATE TABLE half (x)'])).rejects.toThrow(/already exists/)
+    expect(await store.db.get("SELECT name FROM sqlite_master WHERE name = 'half'")).toBeUndefined()
+    expect(await store.db.get("SELECT version FROM schema_migrations WHERE namespace = 'broken'")).toBeUndefined()
     await store.close()
   })
 
