@@ -4,7 +4,7 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { detectBackend, type BackendChoice, type LlamaBackend } from './backend.js';
+import { detectBackend, flagsFor, type BackendChoice, type LlamaBackend } from './backend.js';
 import { probe, runCommand } from './proc.js';
 import { withFileLock } from './file-lock.js';
 import { defaultProgress, ensureLlamaSource, llamaCacheRoot, type LlamaSource } from './source.js';
@@ -165,19 +165,15 @@ const inProcess = new Map<string, Promise<LlamaBuild>>();
  */
 export function ensureLlamaBuild(opts: EnsureBuildOptions = {}): Promise<LlamaBuild> {
   const choice = opts.backend
-    ? { backend: opts.backend, reason: 'requested by caller', cmakeFlags: detectBackendFlags(opts.backend) }
+    ? { backend: opts.backend, reason: 'requested by caller', cmakeFlags: flagsFor(opts.backend) }
     : detectBackend();
-  const key = `${choice.backend}`;
+  const key = choice.backend;
   let p = inProcess.get(key);
   if (!p) {
     p = doEnsure(choice, opts).finally(() => inProcess.delete(key));
     inProcess.set(key, p);
   }
   return p;
-}
-
-function detectBackendFlags(backend: LlamaBackend): string[] {
-  return detectBackend({ CLAWMESH_LLAMA_BACKEND: backend }).cmakeFlags;
 }
 
 async function doEnsure(choice: BackendChoice, opts: EnsureBuildOptions): Promise<LlamaBuild> {
@@ -235,10 +231,9 @@ async function doEnsure(choice: BackendChoice, opts: EnsureBuildOptions): Promis
         seconds,
         builtAt: new Date().toISOString(),
       };
-      const result = (() => {
-        writeFileSync(join(dir, MARKER), JSON.stringify(marker, null, 2));
-        return completed(dir, src, choice.backend, args, targets);
-      })();
+      // The marker is written last: its presence is what "complete" means to every later call.
+      writeFileSync(join(dir, MARKER), JSON.stringify(marker, null, 2));
+      const result = completed(dir, src, choice.backend, args, targets);
       if (!result) {
         rmSync(join(dir, MARKER), { force: true });
         throw new Error(`llama.cpp build in ${buildDir} finished but binaries ${Object.values(targets).join(', ')} are missing; see ${logFile}`);

@@ -107,8 +107,10 @@ export interface CompletionOptions {
 }
 
 export interface CompletionResult {
-  /** Generated text only (prompt not echoed). */
+  /** Generated text only: prompt not echoed, llama-completion's closing "\n\n" and " [end of text]\n" removed. */
   text: string;
+  /** True when generation stopped at an end-of-generation token before nPredict. */
+  endOfText: boolean;
   stderr: string;
   /** From llama_perf_context_print "eval time": generation speed excluding the prompt. */
   evalTokensPerSecond?: number;
@@ -154,10 +156,16 @@ export function runCompletion(o: CompletionOptions): Promise<CompletionResult> {
         const m = new RegExp(`${label}\\s*=.*?([\\d.]+) tokens per second`).exec(stderr);
         return m ? Number(m[1]) : undefined;
       };
+      // completion.cpp always LOGs "\n\n" last, and " [end of text]\n" before it when it hit EOS.
+      let text = Buffer.concat(out).toString('utf8');
+      if (text.endsWith('\n\n')) text = text.slice(0, -2);
+      const endOfText = text.endsWith(' [end of text]\n');
+      if (endOfText) text = text.slice(0, -' [end of text]\n'.length);
       resolve({
-        text: Buffer.concat(out).toString('utf8'),
+        text,
+        endOfText,
         stderr,
-        evalTokensPerSecond: speed('\\beval time'),
+        evalTokensPerSecond: speed('(?<!prompt )eval time'),
         promptTokensPerSecond: speed('prompt eval time'),
         command,
       });
@@ -165,9 +173,85 @@ export function runCompletion(o: CompletionOptions): Promise<CompletionResult> {
   });
 }
 
-/** Parses llama.cpp's verbose "load_tensors: layer N assigned to device X" lines (needs -v). */
+/**
+ * Parses llama.cpp's verbose log (needs -v): "layer N assigned to device RPC0" plus
+ * "using device RPC0 (127.0.0.1:50601)" to map each layer (n_layer = output head) to the device's
+ * endpoint (or its name, e.g. CPU, when it has none).
+ */
 export function parseLayerPlacement(log: string): Map<number, string> {
+  const endpoints = new Map<string, string>();
+  for (const m of log.matchAll(/using device (\S+) \(([^)]+)\)/g)) endpoints.set(m[1], m[2]);
   const out = new Map<number, string>();
-  for (const m of log.matchAll(/layer\s+(\d+) assigned to device (\S+?),/g)) out.set(Number(m[1]), m[2]);
+  for (const m of log.matchAll(/layer\s+(\d+) assigned to device (\S+?),/g)) out.set(Number(m[1]), endpoints.get(m[2]) ?? m[2]);
   return out;
+}
+
+export interface LlamaServerOptions {
+  bin: string;
+  model: string;
+  host?: string;
+  port: number;
+  threads?: number;
+  ctxSize?: number;
+  /** Placement and other flags, e.g. ['--rpc', 'a,b', ...computeTensorSplit(...).args, '--fit', 'off']. */
+  extraArgs?: string[];
+  readyTimeoutMs?: number;
+}
+
+export interface LlamaServerHandle {
+  url: string;
+  pid: number;
+  process: ChildProcess;
+  outputTail(): string[];
+  stop(): Promise<void>;
+}
+
+/** Starts llama-server and resolves once GET /health answers 200 (the model is loaded). */
+export async function startLlamaServer(o: LlamaServerOptions): Promise<LlamaServerHandle> {
+  const host = o.host ?? '127.0.0.1';
+  const args = [
+    '-m', o.model,
+    '--host', host,
+    '--port', String(o.port),
+    '-c', String(o.ctxSize ?? 2048),
+    '-t', String(o.threads ?? 2),
+    '--no-warmup',
+    ...(o.extraArgs ?? []),
+  ];
+  const printable = quoteCommand(o.bin, args);
+  const child = spawn(o.bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const tail = tailCollector(child);
+  let exited: string | undefined;
+  child.once('exit', (code, sig) => { exited = sig ? `signal ${sig}` : `exit code ${code}`; });
+  child.once('error', (e) => { exited = `spawn error: ${e.message}`; });
+  const url = `http://${host}:${o.port}`;
+  const deadline = Date.now() + (o.readyTimeoutMs ?? 60_000);
+  for (;;) {
+    try {
+      const r = await fetch(`${url}/health`);
+      if (r.ok) break;
+    } catch { /* not listening yet */ }
+    if (exited || Date.now() > deadline) {
+      await stopChild(child);
+      throw new Error(`llama-server did not become healthy at ${url} (${exited ?? 'timed out'}): ${printable}` +
+        (tail.length ? `\n  last output:\n    ${tail.join('\n    ')}` : ''));
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { url, pid: child.pid!, process: child, outputTail: () => [...tail], stop: () => stopChild(child) };
+}
+
+export interface ServerCompletion {
+  text: string;
+  tokens: number[];
+  tokensPerSecond: number;
+}
+
+/** Greedy /completion request (native llama-server API, which can return token ids). */
+export async function serverGreedyCompletion(url: string, prompt: string, nPredict: number): Promise<ServerCompletion> {
+  const body = { prompt, n_predict: nPredict, temperature: 0, top_k: 1, seed: 1, return_tokens: true, cache_prompt: false };
+  const r = await fetch(`${url}/completion`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  if (!r.ok) throw new Error(`POST ${url}/completion → HTTP ${r.status}: ${(await r.text()).slice(0, 500)}`);
+  const j = (await r.json()) as { content: string; tokens?: number[]; timings?: { predicted_per_second?: number } };
+  return { text: j.content, tokens: j.tokens ?? [], tokensPerSecond: j.timings?.predicted_per_second ?? NaN };
 }
