@@ -6,6 +6,57 @@ import { NETWORK_ID_PATTERN } from '../protocols/index.ts'
 
 export const DEFAULT_NETWORK = 'clawmesh'
 export const DEFAULT_PORT = 4011
+export const DEFAULT_BOARD_PORT = 4012
+
+const HOUR_MINUTE = /^([01][0-9]|2[0-3]):[0-5][0-9]$/
+
+/**
+ * What the owner lets the ClawBot do (read by agents/; kept here so that one file configures a home).
+ * Money is in credits per million layer-tokens. The agent decides everything inside these bounds and
+ * code refuses anything outside them, whatever its LLM says.
+ */
+export const AgentSettingsSchema = z.object({
+  llm: z.object({
+    /** offline: the built-in deterministic negotiator (no model needed). */
+    provider: z.enum(['offline', 'ollama', 'openai', 'llama-cpp']).default('offline'),
+    /** Model name (ollama, openai) or GGUF path (llama-cpp). */
+    model: z.string().max(500).optional(),
+    /** Ollama URL, or any OpenAI-compatible endpoint (a clawmesh gateway included). */
+    baseUrl: z.string().url().optional(),
+    /** Name of the environment variable that holds the API key: keys never live in config.json. */
+    apiKeyEnv: z.string().regex(/^[A-Z_][A-Z0-9_]*$/).default('OPENAI_API_KEY'),
+    temperature: z.number().min(0).max(2).default(0.2)
+  }).strict().prefault({}),
+  /** Never sell a layer below this (default: the node's priceFloor). */
+  floor: z.number().nonnegative().optional(),
+  /** As a head: never pay more than this per layer. */
+  ceiling: z.number().nonnegative().default(50),
+  /** As a head: never pay more than this for a whole model, per million tokens. */
+  budget: z.number().nonnegative().default(1000),
+  /** Deals (signed or being signed) the agent may hold at once as a worker. */
+  maxDeals: z.number().int().min(0).max(64).default(2),
+  /** Share of free memory the agent may lend. */
+  maxMemoryShare: z.number().min(0).max(1).default(0.5),
+  /** An absolute cap on lent memory, in bytes, on top of the share. */
+  maxMemoryBytes: z.number().int().positive().optional(),
+  /** Share of free GPU memory the agent may lend (used when a GPU backend is present). */
+  maxGpuShare: z.number().min(0).max(1).default(0.5),
+  /** Only work while the machine is idle (load average per core below 0.5). */
+  idleOnly: z.boolean().default(false),
+  /** Local hours when the agent may take work, e.g. {"from": "22:00", "to": "07:00"}; omitted = always. */
+  hours: z.object({ from: z.string().regex(HOUR_MINUTE), to: z.string().regex(HOUR_MINUTE) }).strict().optional(),
+  /** As a head: how long to collect proposals before choosing. */
+  proposalWindowMs: z.number().int().min(100).max(600_000).default(3000),
+  /** Counter-offers allowed per side before a negotiation fails. */
+  maxRounds: z.number().int().min(1).max(20).default(4),
+  /** How long our offers stay open. */
+  offerTtlMs: z.number().int().min(1000).max(600_000).default(60_000),
+  /** As a head: a GGUF (path, or file name in modelsDir) to assemble when the agent starts. */
+  assemble: z.string().max(1000).optional()
+}).strict()
+
+export type AgentSettings = z.infer<typeof AgentSettingsSchema>
+export type AgentSettingsInput = z.input<typeof AgentSettingsSchema>
 
 /**
  * The owner's configuration of one agent, kept in `<home>/config.json`. Every field has a default,
@@ -39,7 +90,15 @@ export const ConfigSchema = z.object({
   modelsDir: z.string().optional(),
   /** Ask node-llama-cpp for GPU details (loads its native binary once). */
   probeGpu: z.boolean().default(true),
-  logLevel: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info')
+  logLevel: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
+  /** The owner's web board, served on 127.0.0.1 only while the node runs (clawmesh board opens it). */
+  board: z.object({
+    enabled: z.boolean().default(true),
+    /** When taken (a second agent on this machine), the board falls back to a free port and says so. */
+    port: z.number().int().min(0).max(65535).default(DEFAULT_BOARD_PORT)
+  }).strict().prefault({}),
+  /** The ClawBot on top of the node (agents/): LLM provider and the owner's bounds; omitted = defaults. */
+  agent: AgentSettingsSchema.optional()
 }).strict()
 
 export type Config = z.infer<typeof ConfigSchema>
@@ -63,7 +122,10 @@ const ENV_FIELDS: Record<string, (value: string) => Partial<ConfigInput>> = {
   CLAWMESH_PRICE_FLOOR: (v) => ({ priceFloor: Number(v) }),
   CLAWMESH_MODELS_DIR: (v) => ({ modelsDir: v }),
   CLAWMESH_PROBE_GPU: (v) => ({ probeGpu: bool('CLAWMESH_PROBE_GPU', v) }),
-  CLAWMESH_LOG_LEVEL: (v) => ({ logLevel: v as Config['logLevel'] })
+  CLAWMESH_LOG_LEVEL: (v) => ({ logLevel: v as Config['logLevel'] }),
+  CLAWMESH_LLM_PROVIDER: (v) => ({ agent: { llm: { provider: v as AgentSettings['llm']['provider'] } } }),
+  CLAWMESH_LLM_MODEL: (v) => ({ agent: { llm: { model: v } } }),
+  CLAWMESH_LLM_BASE_URL: (v) => ({ agent: { llm: { baseUrl: v } } })
 }
 export const CONFIG_ENV_VARS = Object.keys(ENV_FIELDS)
 
@@ -88,6 +150,9 @@ export function resolveHome (opts: { home?: string, name?: string }, env: NodeJS
   return resolve(root, opts.name ?? env.CLAWMESH_NAME ?? 'default')
 }
 
+/** The agent's sqlite database inside its home. */
+export const DATABASE_FILE = 'clawmesh.db'
+
 export function configPath (home: string): string {
   return join(home, 'config.json')
 }
@@ -108,15 +173,24 @@ export async function readConfigFile (home: string): Promise<ConfigInput> {
   }
 }
 
+function mergeAgent (into: Partial<ConfigInput>, part: Partial<ConfigInput>): void {
+  const { agent, ...rest } = part
+  Object.assign(into, rest)
+  if (agent !== undefined) into.agent = { ...into.agent, ...agent, llm: { ...into.agent?.llm, ...agent.llm } }
+}
+
 /** File, then environment, then explicit overrides (CLI flags, tests), validated as a whole. */
 export async function loadConfig (home: string, overrides: Partial<ConfigInput> = {}, env: NodeJS.ProcessEnv = process.env): Promise<Config> {
   const fromFile = await readConfigFile(home)
   const fromEnv: Partial<ConfigInput> = {}
   for (const [name, apply] of Object.entries(ENV_FIELDS)) {
     const value = env[name]
-    if (value !== undefined && value !== '') Object.assign(fromEnv, apply(value))
+    if (value !== undefined && value !== '') mergeAgent(fromEnv, apply(value))
   }
-  const merged = { ...fromFile, ...fromEnv, ...overrides, nat: { ...fromFile.nat, ...fromEnv.nat, ...overrides.nat } }
+  const merged = { ...fromFile, ...fromEnv, ...overrides, nat: { ...fromFile.nat, ...fromEnv.nat, ...overrides.nat }, board: { ...fromFile.board, ...overrides.board } }
+  // The agent's settings merge key by key too, so one env var does not wipe the file's other settings.
+  const agents = [fromFile.agent, fromEnv.agent, overrides.agent].filter((a) => a !== undefined)
+  if (agents.length > 0) (merged as Partial<ConfigInput>).agent = agents.reduce<AgentSettingsInput>((acc, a) => ({ ...acc, ...a, llm: { ...acc.llm, ...a.llm } }), {})
   const parsed = ConfigSchema.safeParse(merged)
   if (!parsed.success) throw new Error(`invalid configuration for ${home}: ${z.prettifyError(parsed.error)}`)
   return parsed.data

@@ -6,6 +6,7 @@ import { loadExtensions, type CliContext, type CliExtension } from './extension.
 
 // Commands load libp2p, sqlite and friends only when they run, so that --help and typos answer at once.
 const commands = async (): Promise<typeof import('./commands.ts')> => await import('./commands.ts')
+const starting = async (): Promise<typeof import('./start.ts')> => await import('./start.ts')
 
 interface HomeOpts { home?: string, name?: string, json?: boolean }
 
@@ -56,7 +57,7 @@ export function buildProgram (extensions: CliExtension[] = []): Command {
     .addOption(listenOption())
     .action(async (o: HomeOpts & { port?: number, listen?: string[] }) => {
       const listen = o.listen ?? (o.port !== undefined ? [`/ip4/0.0.0.0/tcp/${o.port}`] : undefined)
-      await (await commands()).cmdStart(home(o), listen !== undefined ? { listen } : {}, extensions)
+      await (await starting()).cmdStart(home(o), listen !== undefined ? { listen } : {}, extensions)
       process.exit(0)
     })
 
@@ -84,7 +85,7 @@ export function buildProgram (extensions: CliExtension[] = []): Command {
     .option('--no-start', 'only write the configuration; start later with "clawmesh start"')
     .addOption(json)
     .action(async (line: string, o: HomeOpts & { port?: number, listen?: string[], start: boolean }) => {
-      await (await commands()).cmdJoin(home(o), line, { json: o.json === true, start: o.start, name: o.name, port: o.port, listen: o.listen }, extensions)
+      await (await starting()).cmdJoin(home(o), line, { json: o.json === true, start: o.start, name: o.name, port: o.port, listen: o.listen }, extensions)
       if (o.start) process.exit(0)
     })
 

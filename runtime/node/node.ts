@@ -4,7 +4,7 @@ import type { PrivateKey, PeerId } from '@libp2p/interface'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Presence } from '../../protocols/index.ts'
-import { loadConfig, type Config, type ConfigInput } from '../config.ts'
+import { DATABASE_FILE, loadConfig, type Config, type ConfigInput } from '../config.ts'
 import { createLogger, type Logger } from '../log.ts'
 import { Store } from '../store/store.ts'
 import { SOFTWARE_VERSION } from '../version.ts'
@@ -15,8 +15,11 @@ import { GossipBus } from './gossip.ts'
 import { PresenceService } from './presence.ts'
 import { probeHardware } from './hardware.ts'
 import { clearStatus, readLiveStatus, writeStatus, type NodeStatus } from './status-file.ts'
+import { ActivityLog } from './activity.ts'
+import { DefaultControls, loadPolicy, type OwnerControls, type StateChange } from './controls.ts'
+import { ServingMeter } from './serving.ts'
 
-export const DATABASE_FILE = 'clawmesh.db'
+export { DATABASE_FILE }
 
 export interface OpenNodeOptions {
   home: string
@@ -35,8 +38,14 @@ export class MeshNode {
   host: Host | undefined
   bus: GossipBus | undefined
   presence: PresenceService | undefined
-  /** What the node is doing; the agent's lifecycle replaces this once it runs. */
-  state = 'offline'
+  /** What the agent did and why; any layer records here, the board shows it. */
+  readonly activity: ActivityLog
+  /** The owner's controls (board): DefaultControls until the agents layer registers its own. */
+  controls: OwnerControls
+  /** Tokens served per model, recorded by the engine. */
+  readonly serving = new ServingMeter()
+  private currentState = 'offline'
+  private readonly history: StateChange[] = [{ state: 'offline', at: Date.now() }]
   private readonly startedAt = Date.now()
   private statusTimer: NodeJS.Timeout | undefined
   private statusDirty: NodeJS.Timeout | undefined
@@ -49,8 +58,13 @@ export class MeshNode {
     readonly peerId: PeerId,
     readonly store: Store,
     readonly log: Logger,
-    private readonly hostExtras: HostExtras = {}
-  ) {}
+    private readonly hostExtras: HostExtras = {},
+    activity: ActivityLog,
+    policy: Awaited<ReturnType<typeof loadPolicy>>
+  ) {
+    this.activity = activity
+    this.controls = new DefaultControls(this, policy)
+  }
 
   static async open (opts: OpenNodeOptions): Promise<MeshNode> {
     const config = await loadConfig(opts.home, opts.overrides, opts.env)
@@ -61,7 +75,43 @@ export class MeshNode {
     if (created) log.info('created a new identity', { peerId: peerId.toString(), home: opts.home })
     const store = await Store.open(join(opts.home, DATABASE_FILE))
     await store.setMeta('peer_id', peerId.toString())
-    return new MeshNode(opts.home, config, key, peerId, store, log, opts.host)
+    const activity = await ActivityLog.open(store.db)
+    // Bounds the owner set on the board outlive restarts and win over the config file's floor.
+    const policy = await loadPolicy(store.db, { priceFloor: config.priceFloor, memoryShare: 1, hours: null })
+    config.priceFloor = policy.priceFloor
+    return new MeshNode(opts.home, config, key, peerId, store, log, opts.host, activity, policy)
+  }
+
+  /** What the node is doing; the agent's lifecycle sets it (setState records why). */
+  get state (): string {
+    return this.currentState
+  }
+
+  set state (state: string) {
+    this.setState(state)
+  }
+
+  setState (state: string, reason?: string): void {
+    if (state === this.currentState) return
+    this.currentState = state
+    this.history.push({ state, at: Date.now(), ...(reason !== undefined ? { reason } : {}) })
+    if (this.history.length > 200) this.history.splice(0, this.history.length - 200)
+    void this.activity.record('lifecycle', `state ${state}${reason !== undefined ? ': ' + reason : ''}`, { state, reason })
+      .catch(() => {}) // the database may already be closed when stop() sets 'stopped'
+    if (this.host !== undefined) this.markStatusDirty()
+  }
+
+  /** State changes since the node opened, oldest first. */
+  stateHistory (): StateChange[] {
+    return this.history.map((h) => ({ ...h }))
+  }
+
+  /** Stops heartbeats and leaves every gossip topic, keeping the host (and the board) up. */
+  leaveGossip (): void {
+    this.presence?.stop()
+    const pubsub = this.host?.services.pubsub
+    if (pubsub !== undefined) for (const topic of pubsub.getTopics()) pubsub.unsubscribe(topic)
+    this.bus?.stop()
   }
 
   get modelsDir (): string {

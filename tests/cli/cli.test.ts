@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { CliProcess, cliEnv, runCli, runJson } from '../helpers/cli.ts'
 import { tempDir, waitFor } from '../helpers/mesh.ts'
+import { readLiveStatus } from '../../runtime/node/status-file.ts'
 
 const LOOPBACK = ['--listen', '/ip4/127.0.0.1/tcp/0']
 
@@ -24,11 +25,12 @@ describe('the clawmesh CLI', () => {
   })
 
   it('has --help on every command', async () => {
-    for (const cmd of ['init', 'start', 'status', 'peers', 'invite', 'join', 'demo']) {
-      const r = await runCli([cmd, '--help'], env)
-      expect(r.code, cmd).toBe(0)
-      expect(r.stdout).toMatch(new RegExp(`Usage: clawmesh ${cmd}`))
-    }
+    const commands = ['init', 'start', 'status', 'peers', 'invite', 'join', 'demo']
+    const results = await Promise.all(commands.map(async (cmd) => await runCli([cmd, '--help'], env)))
+    results.forEach((r, i) => {
+      expect(r.code, commands[i]).toBe(0)
+      expect(r.stdout).toMatch(new RegExp(`Usage: clawmesh ${commands[i]}`))
+    })
   })
 
   it('explains what is missing instead of failing obscurely', async () => {
@@ -49,7 +51,7 @@ describe('the clawmesh CLI', () => {
     const alice = new CliProcess(['start', '--name', 'alice'], env)
     procs.push(alice)
     await alice.waitForOutput(/is up/)
-    await waitFor('alice status file', async () => (await runJson<Status>(['status', '--name', 'alice'], env)).running, 15_000, 200)
+    await waitFor('alice status file', async () => (await readLiveStatus(join(dir.path, 'alice'))) !== undefined, 15_000, 100)
 
     const { invite } = await runJson<{ invite: string }>(['invite', '--name', 'alice'], env)
     expect(invite).toMatch(/^clawmesh-invite:/)
@@ -57,10 +59,9 @@ describe('the clawmesh CLI', () => {
     const bob = new CliProcess(['join', invite, '--name', 'bob', ...LOOPBACK], env)
     procs.push(bob)
     await bob.waitForOutput(/is up/)
-    await waitFor('bob to see alice', async () => {
-      const peers = await runJson<Peer[]>(['peers', '--name', 'bob'], env)
-      return peers.some((p) => p.peerId === init.peerId && p.connected && p.presence?.name === 'alice')
-    }, 20_000, 300)
+    await waitFor('bob to hear alice', async () => ((await readLiveStatus(join(dir.path, 'bob')))?.presentPeers ?? 0) > 0, 20_000, 100)
+    const peers = await runJson<Peer[]>(['peers', '--name', 'bob'], env)
+    expect(peers.find((p) => p.peerId === init.peerId)).toMatchObject({ connected: true, presence: { name: 'alice' } })
     const aliceStatus = await runJson<Status>(['status', '--name', 'alice'], env)
     expect(aliceStatus.live!.presentPeers).toBe(1)
     const bobStatus = await runJson<Status>(['status', '--name', 'bob'], env)
@@ -79,7 +80,7 @@ describe('the clawmesh CLI', () => {
     const carol = new CliProcess(['start', '--name', 'carol'], env)
     procs.push(carol)
     await carol.waitForOutput(/is up/)
-    await waitFor('carol status file', async () => (await runJson<Status>(['status', '--name', 'carol'], env)).running, 15_000, 200)
+    await waitFor('carol status file', async () => (await readLiveStatus(join(dir.path, 'carol'))) !== undefined, 15_000, 100)
     const expiring = await runJson<{ invite: string, expiresAt: number }>(['invite', '--name', 'carol', '--expires', '1h'], env)
     expect(expiring.expiresAt).toBeGreaterThan(Date.now())
     const payload = JSON.parse(Buffer.from(expiring.invite.slice('clawmesh-invite:'.length), 'base64url').toString())
