@@ -1,9 +1,11 @@
+import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { access } from 'node:fs/promises'
 import { createInvite } from '../../protocols/index.ts'
 import { DATABASE_FILE, loadConfig } from '../config.ts'
 import { loadOrCreateIdentity } from '../node/identity.ts'
 import { readLiveStatus, type NodeStatus } from '../node/status-file.ts'
+import { recordSingleUseInvite } from '../node/invites.ts'
 import { Store, type PeerRow } from '../store/store.ts'
 import { initHome, type InitOptions } from './home.ts'
 import { ago, bytes, printJson, table } from './format.ts'
@@ -136,7 +138,7 @@ function rankAddrs (addrs: string[]): string[] {
   return [...addrs].sort((a, b) => loop(a) - loop(b)).slice(0, 16)
 }
 
-export async function cmdInvite (home: string, opts: Out & { expires?: string }): Promise<void> {
+export async function cmdInvite (home: string, opts: Out & { expires?: string, once?: boolean }): Promise<void> {
   await requireHome(home)
   const config = await loadConfig(home)
   const live = await readLiveStatus(home)
@@ -145,8 +147,20 @@ export async function cmdInvite (home: string, opts: Out & { expires?: string })
   const { key } = await loadOrCreateIdentity(home)
   const exp = opts.expires !== undefined ? Date.now() + parseDuration(opts.expires) : undefined
   const boot = rankAddrs(addrs)
-  const invite = await createInvite(key, { net: config.networkId, boot, ...(config.meshKey !== undefined ? { psk: config.meshKey } : {}), ...(exp !== undefined ? { exp } : {}) })
-  if (opts.json) return printJson({ invite, networkId: config.networkId, bootstrap: boot, privateMesh: config.meshKey !== undefined, expiresAt: exp ?? null })
+  let once: string | undefined
+  if (opts.once === true) {
+    once = randomBytes(16).toString('base64url')
+    const store = await Store.open(join(home, DATABASE_FILE))
+    try { await recordSingleUseInvite(store, once, exp) } finally { await store.close() }
+  }
+  const invite = await createInvite(key, {
+    net: config.networkId,
+    boot,
+    ...(config.meshKey !== undefined ? { psk: config.meshKey } : {}),
+    ...(exp !== undefined ? { exp } : {}),
+    ...(once !== undefined ? { once } : {})
+  })
+  if (opts.json) return printJson({ invite, networkId: config.networkId, bootstrap: boot, privateMesh: config.meshKey !== undefined, expiresAt: exp ?? null, singleUse: once !== undefined })
   console.log(invite)
   if (config.meshKey !== undefined) console.error('This invite carries the private-mesh key: share it only with people you let in.')
 }

@@ -71,11 +71,20 @@ export function buildProgram (extensions: CliExtension[] = []): Command {
     .addOption(json)
     .action(async (o: HomeOpts) => { await (await commands()).cmdPeers(home(o), { json: o.json === true }) })
 
+  homeOptions(program.command('board'))
+    .description('print the running node\'s web board address and the owner token for its controls, and open it')
+    .option('--no-open', 'only print; do not open a browser')
+    .addOption(json)
+    .action(async (o: HomeOpts & { open: boolean }) => {
+      await (await import('./board.ts')).cmdBoard(home(o), { json: o.json === true, open: o.open })
+    })
+
   homeOptions(program.command('invite'))
     .description('print a one-line invite (network id, bootstrap addresses, private-mesh key if any)')
     .option('--expires <duration>', 'refuse the invite after this long, e.g. 30m, 12h, 7d')
+    .option('--once', 'single-use: this node redeems the invite for the first agent that joins with it')
     .addOption(json)
-    .action(async (o: HomeOpts & { expires?: string }) => { await (await commands()).cmdInvite(home(o), { json: o.json === true, expires: o.expires }) })
+    .action(async (o: HomeOpts & { expires?: string, once?: boolean }) => { await (await commands()).cmdInvite(home(o), { json: o.json === true, expires: o.expires, once: o.once }) })
 
   homeOptions(program.command('join'))
     .description('set up this agent from an invite and start it')

@@ -1,15 +1,31 @@
-import { parseInvite, type Invite } from '../../protocols/index.ts'
-import type { ConfigInput } from '../config.ts'
+import { access, rm } from 'node:fs/promises'
+import { join } from 'node:path'
+import { InviteError, parseInvite, type Invite, type Presence } from '../../protocols/index.ts'
+import { readConfigFile, writeConfigFile, type ConfigInput } from '../config.ts'
 import { MeshNode } from '../node/node.ts'
+import { requestRedemption } from '../node/invites.ts'
+import { startBoardIfEnabled } from '../board/index.ts'
 import { initHome } from './home.ts'
 import type { CliExtension } from './extension.ts'
 import type { Out } from './commands.ts'
-import { printJson } from './format.ts'
+import { bytes, printJson } from './format.ts'
+
+async function exists (path: string): Promise<boolean> {
+  try { await access(path); return true } catch { return false }
+}
 
 /** Runs a node in the foreground until SIGINT or SIGTERM, then leaves the mesh cleanly. */
-export async function cmdStart (home: string, overrides: Partial<ConfigInput>, extensions: CliExtension[] = []): Promise<void> {
+export async function cmdStart (home: string, overrides: Partial<ConfigInput>, extensions: CliExtension[] = [], afterStart?: (node: MeshNode) => Promise<void>): Promise<void> {
   const node = await MeshNode.open({ home, overrides })
   await node.start()
+  if (afterStart !== undefined) {
+    try {
+      await afterStart(node)
+    } catch (err) {
+      await node.stop()
+      throw err
+    }
+  }
   const beforeStop: Array<() => Promise<void>> = []
   for (const ext of extensions) {
     try {
@@ -20,8 +36,11 @@ export async function cmdStart (home: string, overrides: Partial<ConfigInput>, e
       throw new Error(`${ext.name} failed to start: ${(err as Error).message}`)
     }
   }
+  // Last, so that a join that fails (or an extension) never leaves a board behind.
+  const board = await startBoardIfEnabled(node)
   console.log(`clawmesh ${node.config.name} is up: ${node.peerId.toString()}`)
   for (const addr of node.multiaddrs()) console.log(`  listening on ${addr}`)
+  if (board !== undefined) console.log(`  board on ${board.url} (clawmesh board prints the owner token)`)
   console.log('Press Ctrl-C to stop.')
   await new Promise<void>((resolve) => {
     let stopping = false
@@ -36,6 +55,7 @@ export async function cmdStart (home: string, overrides: Partial<ConfigInput>, e
         for (const undo of beforeStop) {
           await undo().catch((err: unknown) => node.log.warn('extension shutdown failed', { error: (err as Error).message }))
         }
+        await board?.stop().catch((err: unknown) => node.log.warn('board shutdown failed', { error: (err as Error).message }))
         await node.stop()
       }
       shutdown().then(resolve, (err) => { console.error(`shutdown failed: ${(err as Error).message}`); process.exit(1) })
@@ -45,8 +65,24 @@ export async function cmdStart (home: string, overrides: Partial<ConfigInput>, e
   })
 }
 
+/** What this machine will offer the mesh, as the owner should see it on joining. */
+function printOffer (presence: Presence, config: MeshNode['config']): void {
+  const hw = presence.hardware
+  console.log('This agent will offer:')
+  console.log(`  compute  ${hw.cpu.cores} CPU cores (${hw.cpu.model})${hw.backend === false ? ', no usable GPU' : `, ${hw.backend}: ` + hw.gpus.map((g) => `${g.name} ${bytes(g.vramFree)} free`).join(', ')}`)
+  console.log(`  memory   ${bytes(hw.memory.free)} free of ${bytes(hw.memory.total)}`)
+  console.log(`  models   ${presence.models.length === 0 ? `none yet (put GGUF files in ${config.modelsDir ?? 'the home\'s models/ folder'})` : presence.models.map((m) => `${m.name} (${m.layers} layers, ${bytes(m.sizeBytes)})`).join(', ')}`)
+  console.log(`  floor    ${presence.priceFloor} credits per million layer-tokens (priceFloor in config.json)`)
+}
+
+/**
+ * Sets the agent up from an invite and starts it. A single-use invite is redeemed with the inviting
+ * node first; if it refuses, everything this join wrote is undone and the reason is shown.
+ */
 export async function cmdJoin (home: string, line: string, opts: Out & { start: boolean, name?: string, port?: number, listen?: string[] }, extensions: CliExtension[] = []): Promise<Invite> {
   const invite = await parseInvite(line)
+  const fresh = !await exists(join(home, 'identity.key'))
+  const previous = fresh ? undefined : await readConfigFile(home)
   const result = await initHome(home, {
     name: opts.name,
     port: opts.port,
@@ -55,12 +91,36 @@ export async function cmdJoin (home: string, line: string, opts: Out & { start: 
     bootstrap: invite.boot,
     ...(invite.psk !== undefined ? { meshKey: invite.psk } : {})
   })
-  if (opts.json && !opts.start) {
-    printJson({ home: result.home, peerId: result.peerId, networkId: invite.net, bootstrap: invite.boot, privateMesh: invite.psk !== undefined })
-    return invite
+  const undo = async (): Promise<void> => {
+    if (fresh) await rm(home, { recursive: true, force: true })
+    else await writeConfigFile(home, previous ?? {})
   }
-  console.log(`Joined network ${invite.net}${invite.psk !== undefined ? ' (private mesh)' : ''} as ${result.config.name} (${result.peerId})`)
-  console.log(`  home ${result.home}; bootstrap ${invite.boot.length} address(es) from ${invite.by}`)
-  if (opts.start) await cmdStart(home, {}, extensions)
+  const onboard = async (node: MeshNode): Promise<void> => {
+    if (invite.once !== undefined) {
+      const reply = await requestRedemption(node.host!, invite.by, invite.boot, invite.once).catch((err: unknown) => {
+        throw new InviteError(`could not reach the inviting agent ${invite.by} to redeem the invite: ${(err as Error).message}`)
+      })
+      if (!reply.ok) throw new InviteError(`the inviting agent refused the invite: ${reply.reason ?? 'no reason given'}`)
+    }
+    if (!opts.json) {
+      console.log(`Joined network ${invite.net}${invite.psk !== undefined ? ' (private mesh)' : ''} as ${result.config.name} (${result.peerId})`)
+      console.log(`  home ${result.home}; bootstrap ${invite.boot.length} address(es) from ${invite.by}`)
+      printOffer(await node.describe(), node.config)
+    }
+  }
+  try {
+    if (opts.start) {
+      await cmdStart(home, {}, extensions, onboard)
+    } else {
+      const node = await MeshNode.open({ home })
+      await node.start()
+      try { await onboard(node) } finally { await node.stop() }
+      if (opts.json) printJson({ home: result.home, peerId: result.peerId, networkId: invite.net, bootstrap: invite.boot, privateMesh: invite.psk !== undefined })
+      else console.log('Start it with: clawmesh start' + (opts.name !== undefined ? ` --name ${opts.name}` : ''))
+    }
+  } catch (err) {
+    await undo()
+    throw err
+  }
   return invite
 }

@@ -12,6 +12,7 @@ import { scanModels } from '../engine/catalog.ts'
 import { createHost, type Host, type HostExtras } from './host.ts'
 import { loadOrCreateIdentity } from './identity.ts'
 import { GossipBus } from './gossip.ts'
+import { serveInvites } from './invites.ts'
 import { PresenceService } from './presence.ts'
 import { probeHardware } from './hardware.ts'
 import { clearStatus, readLiveStatus, writeStatus, type NodeStatus } from './status-file.ts'
@@ -132,6 +133,7 @@ export class MeshNode {
       this.markStatusDirty()
     })
     host.addEventListener('peer:disconnect', () => { this.markStatusDirty() })
+    await serveInvites(host, this.store, this.log.child('invites'))
     this.bus = new GossipBus(host.services.pubsub, this.key, this.config.networkId, this.store, this.log.child('gossip'))
     this.presence = new PresenceService(this.bus, host.services.pubsub, this.store, this.log.child('presence'), async () => await this.describe(), this.config.presenceIntervalMs)
     this.presence.onPresence((p) => {

@@ -72,9 +72,9 @@ describe('the clawmesh CLI', () => {
     expect(alice.stderr).toMatch(/node stopped/)
     expect(existsSync(join(dir.path, 'alice', 'status.json'))).toBe(false)
     expect((await runJson<Status>(['status', '--name', 'alice'], env)).running).toBe(false)
-  })
+  }, 180_000)
 
-  it('refuses an invite whose network key was tampered with', async () => {
+  it('refuses tampered, reused single-use and expired invites with a clear message', async () => {
     const init = await runJson<{ peerId: string }>(['init', '--name', 'carol', ...LOOPBACK], env)
     expect(init.peerId).toMatch(/^12D3KooW/)
     const carol = new CliProcess(['start', '--name', 'carol'], env)
@@ -89,6 +89,26 @@ describe('the clawmesh CLI', () => {
     expect(r.code).toBe(1)
     expect(r.stderr).toMatch(/signature does not verify/)
     expect(existsSync(join(dir.path, 'dave'))).toBe(false)
+
+    // Single-use: the first agent redeems it, the second is refused and left with nothing half-made.
+    const once = await runJson<{ invite: string, singleUse: boolean }>(['invite', '--name', 'carol', '--once'], env)
+    expect(once.singleUse).toBe(true)
+    const first = await runCli(['join', once.invite, '--name', 'erin', '--no-start', ...LOOPBACK], env)
+    expect(first.code, first.stderr).toBe(0)
+    expect(first.stdout).toMatch(/Joined network clawmesh[\s\S]*This agent will offer:[\s\S]*floor\s+1 credits/)
+    const again = await runCli(['join', once.invite, '--name', 'frank', '--no-start', ...LOOPBACK], env)
+    expect(again.code).toBe(1)
+    expect(again.stderr).toMatch(/already used by another agent/)
+    expect(existsSync(join(dir.path, 'frank'))).toBe(false)
+    // The agent that redeemed it may join again with it (a restart is not a second use).
+    const rejoin = await runCli(['join', once.invite, '--name', 'erin', '--no-start', ...LOOPBACK], env)
+    expect(rejoin.code, rejoin.stderr).toBe(0)
+
+    const shortLived = await runJson<{ invite: string }>(['invite', '--name', 'carol', '--expires', '1s'], env)
+    await new Promise((resolve) => setTimeout(resolve, 1100))
+    const late = await runCli(['join', shortLived.invite, '--name', 'gina', '--no-start'], env)
+    expect(late.code).toBe(1)
+    expect(late.stderr).toMatch(/expired/)
     expect(await carol.stop()).toBe(0)
-  })
+  }, 180_000)
 })
