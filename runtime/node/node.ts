@@ -51,6 +51,8 @@ export class MeshNode {
   private statusTimer: NodeJS.Timeout | undefined
   private statusDirty: NodeJS.Timeout | undefined
   private readonly dialing = new Set<string>()
+  private statusWrite: Promise<void> = Promise.resolve()
+  private stopping = false
 
   private constructor (
     readonly home: string,
@@ -153,8 +155,10 @@ export class MeshNode {
   }
 
   async stop (): Promise<void> {
+    this.stopping = true
     clearInterval(this.statusTimer)
     clearTimeout(this.statusDirty)
+    await this.statusWrite
     this.presence?.stop()
     this.bus?.stop()
     if (this.host !== undefined) await this.host.stop()
@@ -230,12 +234,16 @@ export class MeshNode {
     this.statusDirty = setTimeout(() => { this.statusDirty = undefined; void this.writeStatusNow() }, 250)
   }
 
+  /** Status writes run one after another, so that stop() can wait for the last one before removing the file. */
   private async writeStatusNow (): Promise<void> {
-    if (this.host === undefined) return
-    try {
-      await writeStatus(this.home, this.status())
-    } catch (err) {
-      this.log.warn('could not write status', { error: (err as Error).message })
-    }
+    this.statusWrite = this.statusWrite.then(async () => {
+      if (this.host === undefined || this.stopping) return
+      try {
+        await writeStatus(this.home, this.status())
+      } catch (err) {
+        this.log.warn('could not write status', { error: (err as Error).message })
+      }
+    })
+    await this.statusWrite
   }
 }
