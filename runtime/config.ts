@@ -62,6 +62,41 @@ export type AgentSettingsInput = z.input<typeof AgentSettingsSchema>
  * The owner's configuration of one agent, kept in `<home>/config.json`. Every field has a default,
  * so an empty file (or none) is a working configuration; environment variables override the file.
  */
+/**
+ * Self-governance (governance/): the shared repository agents propose pull requests to, and the human
+ * review quorum that merges them. The forge token is read from CLAWMESH_GITHUB_TOKEN or GITHUB_TOKEN
+ * first; `token` here is a fallback for owners who keep it in the (0600) config file.
+ */
+export const GovernanceSettingsSchema = z.object({
+  owner: z.string().regex(/^[A-Za-z0-9_.-]{1,100}$/),
+  repo: z.string().regex(/^[A-Za-z0-9_.-]{1,100}$/),
+  /** GitHub's REST API; a GitHub Enterprise URL or a local stand-in also work. */
+  baseUrl: z.string().url().default('https://api.github.com'),
+  /** What `git clone` uses for the temporary clone; defaults to https://github.com/<owner>/<repo>.git. */
+  cloneUrl: z.string().optional(),
+  baseBranch: z.string().default('main'),
+  /** Issues with this label are tasks agents may take. */
+  label: z.string().default('clawmesh-task'),
+  /** GitHub logins of the humans whose reviews count. */
+  allowList: z.array(z.string()).default([]),
+  /** Distinct allow-listed approvals of the head commit a PR needs; a network vote may raise it. */
+  requiredApprovals: z.number().int().min(1).max(20).default(2),
+  /** GitHub logins of agent accounts: their reviews never count. */
+  agentLogins: z.array(z.string()).default([]),
+  /** A head with no check or status at all is pending rather than green. */
+  requireChecks: z.boolean().default(true),
+  /** The project's own tests, run in the clone before a PR is opened. */
+  testCommand: z.string().default('npm test'),
+  token: z.string().optional(),
+  /** Run the quorum keeper in `clawmesh start` (only on the node holding the keeper's token). */
+  keeper: z.boolean().default(false),
+  keeperIntervalMs: z.number().int().min(5_000).default(60_000)
+}).strict().superRefine((g, ctx) => {
+  const agents = new Set(g.agentLogins.map((l) => l.toLowerCase()))
+  const both = g.allowList.filter((l) => agents.has(l.toLowerCase()))
+  if (both.length > 0) ctx.addIssue({ code: 'custom', path: ['allowList'], message: `${both.join(', ')} cannot be both a human reviewer and an agent` })
+})
+
 export const ConfigSchema = z.object({
   name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/).default('default'),
   networkId: z.string().regex(NETWORK_ID_PATTERN).default(DEFAULT_NETWORK),
@@ -98,7 +133,22 @@ export const ConfigSchema = z.object({
     port: z.number().int().min(0).max(65535).default(DEFAULT_BOARD_PORT)
   }).strict().prefault({}),
   /** The ClawBot on top of the node (agents/): LLM provider and the owner's bounds; omitted = defaults. */
-  agent: AgentSettingsSchema.optional()
+  agent: AgentSettingsSchema.optional(),
+  /** Pull-request proposals and the human review quorum (governance/); omitted = off. */
+  governance: GovernanceSettingsSchema.optional(),
+  /** The paid OpenAI-compatible API a head sells its pipeline through (runtime/gateway); omitted = off. */
+  gateway: z.object({
+    host: z.string().default('127.0.0.1'),
+    port: z.number().int().min(0).max(65535).default(4012),
+    /** Credits per million tokens the network keeps on top of what the contracts pay the workers. */
+    networkFeePerMTok: z.number().nonnegative().default(0),
+    defaultMaxTokens: z.number().int().positive().default(256),
+    maxTokensCap: z.number().int().positive().default(4096),
+    /** Chance that a served request is replayed on another provider of the same range (0..1). */
+    spotCheckProbability: z.number().min(0).max(1).default(0),
+    /** Challenge window before usage settles, during which a failed spot check voids receipts. */
+    settleDelayMs: z.number().int().nonnegative().default(30_000)
+  }).strict().optional()
 }).strict()
 
 export type Config = z.infer<typeof ConfigSchema>

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fullyPresent, startLocalMesh, stopAll, waitFor } from '../node/local-mesh.ts'
 import { ago, bytes, table } from './format.ts'
+import { startBoard, type BoardHandle } from '../board/index.ts'
 
 const NAMES = ['ada', 'bruno', 'chiara', 'dmitri', 'emeka', 'fatima', 'goran', 'hana', 'ivo', 'jun', 'kemal', 'lena']
 
@@ -18,10 +19,12 @@ export async function cmdDemo (opts: { nodes: number, durationS?: number }): Pro
   const t0 = Date.now()
   const nodes = await startLocalMesh(root, n, { names: NAMES, extra: { networkId: 'demo', probeGpu: true }, logLevel: 'warn' })
   let stopping = false
+  let board: BoardHandle | undefined
   const finish = async (): Promise<void> => {
     if (stopping) return
     stopping = true
     console.log('\nstopping the demo mesh…')
+    await board?.stop()
     await stopAll(nodes)
     await rm(root, { recursive: true, force: true })
   }
@@ -39,6 +42,8 @@ export async function cmdDemo (opts: { nodes: number, durationS?: number }): Pro
         bytes(p.presence.hardware.memory.free), String(p.presence.priceFloor), ago(p.receivedAt)
       ])
     ))
+    board = await startBoard(first, { port: 0 })
+    console.log(`\nWatch ${first.config.name}'s board: ${board.url}  (owner controls: ${board.url}#/agent?token=${board.token})`)
     console.log('\nThe layer market, the engine and the paid API arrive as their issues land; see README.md.')
     const onSignal = (): void => { void finish().then(() => process.exit(0)) }
     process.once('SIGINT', onSignal)

@@ -3,6 +3,7 @@ import { Command, Option } from 'commander'
 import { resolveHome, CONFIG_ENV_VARS } from '../config.ts'
 import { SOFTWARE_VERSION } from '../version.ts'
 import { loadExtensions, type CliContext, type CliExtension } from './extension.ts'
+import { registerKeysCommands } from './keys.ts'
 
 // Commands load libp2p, sqlite and friends only when they run, so that --help and typos answer at once.
 const commands = async (): Promise<typeof import('./commands.ts')> => await import('./commands.ts')
@@ -98,15 +99,9 @@ export function buildProgram (extensions: CliExtension[] = []): Command {
       if (o.start) process.exit(0)
     })
 
-  program.command('demo')
-    .description('run a local demo mesh on 127.0.0.1 that needs nothing configured')
-    .option('--nodes <n>', 'how many agents', (v) => Number(v), 4)
-    .option('--duration <seconds>', 'stop after this many seconds (default: run until Ctrl-C)', (v) => Number(v))
-    .action(async (o: { nodes: number, duration?: number }) => {
-      await (await import('./demo.ts')).cmdDemo({ nodes: o.nodes, durationS: o.duration })
-      process.exit(0)
-    })
+  registerKeysCommands(program, context)
 
+  // `demo` comes from the agents extension (agents/demo.ts): ClawBots negotiating over this mesh.
   for (const extension of extensions) extension.commands?.(program, context)
   return program
 }
