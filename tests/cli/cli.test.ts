@@ -25,7 +25,7 @@ describe('the clawmesh CLI', () => {
   })
 
   it('has --help on every command', async () => {
-    const commands = ['init', 'start', 'status', 'peers', 'invite', 'join', 'demo']
+    const commands = ['init', 'start', 'status', 'peers', 'invite', 'join', 'board', 'demo']
     const results = await Promise.all(commands.map(async (cmd) => await runCli([cmd, '--help'], env)))
     results.forEach((r, i) => {
       expect(r.code, commands[i]).toBe(0)
