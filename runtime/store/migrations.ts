@@ -66,6 +66,69 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE TRIGGER ledger_append_only_update BEFORE UPDATE ON ledger BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;
   CREATE TRIGGER ledger_append_only_delete BEFORE DELETE ON ledger BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;
+  `,
+  // 2: the economy: API keys of outside users, metered usage, receipts, fraud reports; ledger lookups.
+  `
+  -- An API key is a random secret shown once; only its SHA-256 is kept. Its balance lives in the ledger.
+  CREATE TABLE api_keys (
+    id           TEXT PRIMARY KEY,
+    hash         TEXT NOT NULL UNIQUE,
+    label        TEXT NOT NULL DEFAULT '',
+    rate_per_min INTEGER NOT NULL,
+    burst        INTEGER NOT NULL,
+    revoked      INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER NOT NULL
+  );
+  -- One served request: what the user owes once its receipts are double-signed (pending → settled).
+  CREATE TABLE usage (
+    id                TEXT PRIMARY KEY,
+    key_id            TEXT NOT NULL,
+    model_sha256      TEXT NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    fee               INTEGER NOT NULL,
+    status            TEXT NOT NULL,
+    created_at        INTEGER NOT NULL,
+    settled_at        INTEGER
+  );
+  CREATE INDEX usage_by_status ON usage (status, key_id);
+  -- Receipts this node proposed, signed or heard. document holds the most-signed form we have.
+  -- status: proposed | signed (double-signed, unsettled) | settled | void.
+  CREATE TABLE receipts (
+    id          TEXT PRIMARY KEY,
+    contract    TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    head        TEXT NOT NULL,
+    worker      TEXT NOT NULL,
+    tokens      INTEGER NOT NULL,
+    amount      INTEGER NOT NULL,
+    usage_id    TEXT,
+    status      TEXT NOT NULL,
+    document    TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    settled_at  INTEGER,
+    UNIQUE (contract, seq)
+  );
+  CREATE INDEX receipts_by_usage ON receipts (usage_id);
+  CREATE INDEX receipts_by_worker ON receipts (worker, status);
+  CREATE TABLE fraud_reports (
+    id         TEXT PRIMARY KEY,
+    accused    TEXT NOT NULL,
+    reporter   TEXT NOT NULL,
+    contract   TEXT NOT NULL,
+    document   TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+  );
+  CREATE INDEX ledger_by_debit ON ledger (debit);
+  CREATE INDEX ledger_by_credit ON ledger (credit);
+  -- Running balance per account, written in the same transaction as each ledger entry: reads are
+  -- O(1) instead of a sum over the account's history. The ledger stays the truth (verifyChain checks).
+  CREATE TABLE ledger_balances (
+    account TEXT PRIMARY KEY,
+    balance INTEGER NOT NULL
+  );
+  -- ledger.receipt names what an entry settles (a receipt id, or fee:<usage id>): at most once, ever.
+  CREATE UNIQUE INDEX ledger_settles_once ON ledger (receipt) WHERE receipt IS NOT NULL;
   `
 ]
 

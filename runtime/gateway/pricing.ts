@@ -1,0 +1,42 @@
+import { receiptAmount } from '../../protocols/receipts.ts'
+import type { ContractRow } from '../ledger/contracts.ts'
+
+/**
+ * What a request costs. A contract prices its slice in credits per million layer-tokens, so a token
+ * through the whole pipeline costs
+ *
+ *   price per token = Σ over the pipeline's contracts (price × (layerEnd − layerStart) / 1e6)
+ *                     + networkFeePerMTok / 1e6
+ *
+ * and a request of T tokens (prompt + completion) is charged, in whole credits, each worker's
+ * receiptAmount(T, layers, price) = ⌊T × layers × price / 1e6⌋ plus the fee ⌊T × networkFeePerMTok / 1e6⌋.
+ * Every term only grows with T, so the charge for the tokens actually used never exceeds the
+ * reservation made for the most tokens the request could use.
+ */
+export function pricePerToken (contracts: readonly ContractRow[], networkFeePerMTok: number): number {
+  return contracts.reduce((sum, c) => sum + c.price * (c.layerEnd - c.layerStart) / 1e6, 0) + networkFeePerMTok / 1e6
+}
+
+export interface Charge {
+  workers: Array<{ contract: string, worker: string, amount: number }>
+  fee: number
+  total: number
+}
+
+export function chargeFor (tokens: number, contracts: readonly ContractRow[], networkFeePerMTok: number): Charge {
+  const workers = contracts.map((c) => ({ contract: c.id, worker: c.worker, amount: receiptAmount({ tokens, layers: c.layerEnd - c.layerStart, price: c.price }) }))
+  const fee = Math.floor(tokens * networkFeePerMTok / 1e6)
+  return { workers, fee, total: workers.reduce((s, w) => s + w.amount, 0) + fee }
+}
+
+/**
+ * An upper bound on a request's prompt tokens, before tokenizing: one token per byte of the JSON
+ * encoding of each message (no tokenizer yields more tokens than bytes, bar a BOS) plus room for the
+ * chat template's markup. Generous on purpose: it only sizes the reservation, never the bill.
+ */
+export function estimatePromptTokens (body: { messages?: unknown, prompt?: unknown }): number {
+  if (Array.isArray(body.messages)) {
+    return 16 + body.messages.reduce((n: number, m: unknown) => n + 32 + Buffer.byteLength(JSON.stringify(m ?? '')), 0)
+  }
+  return 16 + Buffer.byteLength(typeof body.prompt === 'string' ? body.prompt : JSON.stringify(body.prompt ?? ''))
+}

@@ -1,0 +1,45 @@
+import type { MeshNode } from '../node/node.ts'
+import type { ReceiptService } from '../ledger/service.ts'
+import { Gateway } from './server.ts'
+import { SpotChecker, type Replay } from './spot-check.ts'
+
+export interface PipelineEndpoint {
+  /** Root URL of the pipeline's OpenAI-compatible server (the head's llama-server), without /v1. */
+  url: string
+  modelSha256: string
+  /** The id clients send as `model`. */
+  modelName: string
+  /** Other providers of single ranges, for spot checks (needs gateway.spotCheckProbability > 0). */
+  replays?: Replay[]
+}
+
+/**
+ * Starts the paid API of a head from its config's `gateway` section, billing through the node's
+ * receipt service (which must be started: workers sign over gossip). Returns the running gateway.
+ */
+export async function startPaidApi (node: MeshNode, service: ReceiptService, pipeline: PipelineEndpoint): Promise<Gateway> {
+  const cfg = node.config.gateway
+  if (cfg === undefined) throw new Error(`${node.home}: no "gateway" section in config.json; the paid API is off`)
+  const spotChecker = cfg.spotCheckProbability > 0 && (pipeline.replays?.length ?? 0) > 0
+    ? new SpotChecker({ probability: cfg.spotCheckProbability, replays: pipeline.replays ?? [] }, pipeline.url, async (r) => await service.reportFraud(r))
+    : undefined
+  const gateway = new Gateway({
+    db: node.store.db,
+    head: node.peerId.toString(),
+    book: service.book,
+    upstream: pipeline.url,
+    modelSha256: pipeline.modelSha256,
+    modelName: pipeline.modelName,
+    host: cfg.host,
+    port: cfg.port,
+    networkFeePerMTok: cfg.networkFeePerMTok,
+    defaultMaxTokens: cfg.defaultMaxTokens,
+    maxTokensCap: cfg.maxTokensCap,
+    onRecorded: async (rec) => { await service.propose(rec) },
+    spotChecker,
+    log: node.log.child('gateway')
+  })
+  await gateway.start()
+  node.log.info('paid API listening', { url: `${gateway.url}/v1`, model: pipeline.modelName })
+  return gateway
+}

@@ -1,0 +1,56 @@
+import type { Queryable } from '../store/sqlite.ts'
+
+/**
+ * A row of the runtime `contracts` table, which the market layer fills with signed agreements: worker
+ * serves layers [layerStart, layerEnd) of a model for head, at `price` credits per million layer-tokens.
+ */
+export interface ContractRow {
+  id: string
+  modelSha256: string
+  head: string
+  worker: string
+  layerStart: number
+  layerEnd: number
+  price: number
+  expiresAt: number
+  status: string
+}
+
+/** Statuses under which a contract may still be billed. The market layer owns the vocabulary. */
+export const BILLABLE_STATUSES = ['active']
+
+function fromRow (r: Record<string, unknown>): ContractRow {
+  return {
+    id: r.id as string,
+    modelSha256: r.model_sha256 as string,
+    head: r.head as string,
+    worker: r.worker as string,
+    layerStart: r.layer_start as number,
+    layerEnd: r.layer_end as number,
+    price: r.price as number,
+    expiresAt: r.expires_at as number,
+    status: r.status as string
+  }
+}
+
+export async function getContract (q: Queryable, id: string): Promise<ContractRow | undefined> {
+  const r = await q.get<Record<string, unknown>>('SELECT * FROM contracts WHERE id = ?', [id])
+  return r === undefined ? undefined : fromRow(r)
+}
+
+/** The contracts under which `head` can serve a model now, ordered by layer range (the pipeline). */
+export async function billableContracts (q: Queryable, head: string, modelSha256: string, now = Date.now()): Promise<ContractRow[]> {
+  const rows = await q.all<Record<string, unknown>>(
+    `SELECT * FROM contracts WHERE head = ? AND model_sha256 = ? AND expires_at > ? AND status IN (${BILLABLE_STATUSES.map(() => '?').join(', ')})
+     ORDER BY layer_start`, [head, modelSha256, now, ...BILLABLE_STATUSES])
+  return rows.map(fromRow)
+}
+
+/** For tests and tools that stand in for the market layer. */
+export async function putContract (q: Queryable, c: ContractRow, document = '{}', now = Date.now()): Promise<void> {
+  await q.run(
+    `INSERT INTO contracts (id, model_sha256, head, worker, layer_start, layer_end, price, expires_at, status, document, created_at)
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+     ON CONFLICT(id) DO UPDATE SET status = excluded.status, expires_at = excluded.expires_at, price = excluded.price`,
+    [c.id, c.modelSha256, c.head, c.worker, c.layerStart, c.layerEnd, c.price, c.expiresAt, c.status, document, now])
+}

@@ -1,0 +1,42 @@
+import type { PrivateKey } from '@libp2p/interface'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { receiptAmount, receiptId, ReceiptInvalid, signAsWorker, type Receipt, type WorkerSignedReceipt } from '../../protocols/receipts.ts'
+import type { SqliteDb } from '../store/sqlite.ts'
+import { getContract } from './contracts.ts'
+
+/**
+ * The worker's side: it signs a receipt only if the terms are those of a contract it holds with that
+ * head (same model, layer count and price), and signs each (contract, seq) at most once, so a head
+ * cannot collect two signatures for one slot. It cannot check the token count on its own yet (the
+ * RPC server does not report it); it trusts the head there and spot checks keep heads honest enough.
+ */
+export class ReceiptCosigner {
+  readonly peerId: string
+
+  constructor (private readonly db: SqliteDb, private readonly key: PrivateKey) {
+    this.peerId = peerIdFromPrivateKey(key).toString()
+  }
+
+  async sign (proposal: Receipt, proposedBy: string, now = Date.now()): Promise<WorkerSignedReceipt> {
+    if (proposal.worker !== this.peerId) throw new ReceiptInvalid(`proposal is for ${proposal.worker}, not us`)
+    if (proposedBy !== proposal.head) throw new ReceiptInvalid(`proposal for head ${proposal.head} came from ${proposedBy}`)
+    const c = await getContract(this.db, proposal.contract)
+    if (c === undefined) throw new ReceiptInvalid(`no contract ${proposal.contract}`)
+    const mismatch = [
+      c.worker !== this.peerId && 'worker', c.head !== proposal.head && 'head', c.modelSha256 !== proposal.modelHash && 'model',
+      c.layerEnd - c.layerStart !== proposal.layers && 'layers', c.price !== proposal.price && 'price'
+    ].filter(Boolean)
+    if (mismatch.length > 0) throw new ReceiptInvalid(`proposal ${proposal.contract}#${proposal.seq} differs from the contract in ${mismatch.join(', ')}`)
+    const id = receiptId(proposal)
+    const signed = await signAsWorker(this.key, proposal)
+    await this.db.transaction(async (tx) => {
+      const slot = await tx.get<{ id: string }>('SELECT id FROM receipts WHERE contract = ? AND seq = ?', [proposal.contract, proposal.seq])
+      if (slot !== undefined && slot.id !== id) throw new ReceiptInvalid(`${proposal.contract}#${proposal.seq} was already signed with other terms`)
+      if (slot === undefined) {
+        await tx.run('INSERT INTO receipts (id, contract, seq, head, worker, tokens, amount, usage_id, status, document, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)',
+          [id, proposal.contract, proposal.seq, proposal.head, proposal.worker, proposal.tokens, receiptAmount(proposal), 'cosigned', JSON.stringify(signed), now])
+      }
+    })
+    return signed
+  }
+}

@@ -1,0 +1,184 @@
+import { randomBytes } from 'node:crypto'
+import type { PrivateKey } from '@libp2p/interface'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import {
+  countersignAsHead, receiptAmount, receiptId, ReceiptInvalid,
+  type Receipt, type SignedReceipt, type WorkerSignedReceipt
+} from '../../protocols/receipts.ts'
+import type { SqliteDb, Queryable } from '../store/sqlite.ts'
+import type { ContractRow } from './contracts.ts'
+import { NETWORK_FEES, agentAccount, appendTransfers, userAccount, type Transfer } from './ledger.ts'
+
+export interface UsageInput {
+  keyId: string
+  modelSha256: string
+  promptTokens: number
+  completionTokens: number
+  /** The pipeline that served the request, one contract per layer range. */
+  contracts: ContractRow[]
+  /** Network fee in whole credits for this request. */
+  fee: number
+  /** Workers whose receipts are void from the start (caught by a spot check on this very request). */
+  voidWorkers?: ReadonlySet<string>
+}
+
+export interface RecordedUsage {
+  usageId: string
+  proposals: Receipt[]
+}
+
+export interface SettleHooks {
+  /** Called inside the settlement transaction after its ledger entries are written (crash tests pause here). */
+  midSettlement? (usageId: string): Promise<void>
+}
+
+export interface SettledUsage {
+  usageId: string
+  receipts: SignedReceipt[]
+  charged: number
+}
+
+interface ReceiptRow { id: string, worker: string, amount: number, status: string, document: string }
+
+/**
+ * The head's side of billing. A served request becomes a `usage` row plus one proposed receipt per
+ * contract, in one transaction. Workers sign their receipts; the head countersigns (status `signed`).
+ * Settlement then moves credit, per usage and in one transaction: user → each worker for its
+ * double-signed receipts, user → network:fees, and marks receipts and usage settled. A crash at any
+ * point leaves either all of a usage's entries or none, and the unique `ledger.receipt` makes a
+ * second settlement of the same receipt impossible.
+ */
+export class HeadBook {
+  readonly peerId: string
+
+  constructor (private readonly db: SqliteDb, private readonly key: PrivateKey, private readonly hooks: SettleHooks = {}) {
+    this.peerId = peerIdFromPrivateKey(key).toString()
+  }
+
+  async recordUsage (u: UsageInput, now = Date.now()): Promise<RecordedUsage> {
+    const usageId = `u_${randomBytes(12).toString('hex')}`
+    const tokens = u.promptTokens + u.completionTokens
+    return await this.db.transaction(async (tx) => {
+      await tx.run('INSERT INTO usage (id, key_id, model_sha256, prompt_tokens, completion_tokens, fee, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+        [usageId, u.keyId, u.modelSha256, u.promptTokens, u.completionTokens, u.fee, 'pending', now])
+      const proposals: Receipt[] = []
+      if (tokens <= 0) return { usageId, proposals }
+      for (const c of u.contracts) {
+        const next = await tx.get<{ seq: number }>('SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM receipts WHERE contract = ?', [c.id])
+        const receipt: Receipt = {
+          contract: c.id,
+          seq: next?.seq ?? 1,
+          tokens,
+          layers: c.layerEnd - c.layerStart,
+          modelHash: u.modelSha256,
+          price: c.price,
+          head: this.peerId,
+          worker: c.worker,
+          ts: now
+        }
+        const status = u.voidWorkers?.has(c.worker) === true ? 'void' : 'proposed'
+        await tx.run('INSERT INTO receipts (id, contract, seq, head, worker, tokens, amount, usage_id, status, document, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+          [receiptId(receipt), c.id, receipt.seq, this.peerId, c.worker, tokens, receiptAmount(receipt), usageId, status, JSON.stringify({ receipt }), now])
+        if (status === 'proposed') proposals.push(receipt)
+      }
+      return { usageId, proposals }
+    })
+  }
+
+  /**
+   * Takes a worker's signature over a receipt we proposed: checks it matches our proposal exactly and
+   * verifies, countersigns and stores the double-signed receipt. Returns undefined for receipts we did
+   * not propose or that are no longer waiting (void, already signed).
+   */
+  async acceptWorkerSignature (ws: WorkerSignedReceipt): Promise<SignedReceipt | undefined> {
+    const id = receiptId(ws.receipt)
+    const row = await this.db.get<ReceiptRow>('SELECT id, worker, amount, status, document FROM receipts WHERE id = ?', [id])
+    if (row === undefined || row.status !== 'proposed') return undefined
+    if (ws.receipt.worker !== row.worker) throw new ReceiptInvalid(`receipt ${id} was proposed to ${row.worker}, signed by ${ws.receipt.worker}`)
+    const signed = await countersignAsHead(this.key, ws)
+    const { changes } = await this.db.run("UPDATE receipts SET status = 'signed', document = ? WHERE id = ? AND status = 'proposed'", [JSON.stringify(signed), id])
+    return changes === 1 ? signed : undefined
+  }
+
+  /** Usages whose receipts are all decided (signed or void) and older than the challenge window. */
+  async settleable (olderThan: number): Promise<string[]> {
+    const rows = await this.db.all<{ id: string }>(
+      `SELECT u.id FROM usage u WHERE u.status = 'pending' AND u.created_at <= ?
+         AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r.usage_id = u.id AND r.status = 'proposed')
+       ORDER BY u.created_at`, [olderThan])
+    return rows.map((r) => r.id)
+  }
+
+  /**
+   * Moves the credit of one usage, all in one transaction. Credits move only on double-signed receipts;
+   * the fee is charged only if at least one receipt was paid (a request nobody was paid for is free).
+   */
+  async settleUsage (usageId: string, now = Date.now()): Promise<SettledUsage | undefined> {
+    return await this.db.transaction(async (tx) => {
+      const usage = await tx.get<{ key_id: string, fee: number, status: string }>('SELECT key_id, fee, status FROM usage WHERE id = ?', [usageId])
+      if (usage === undefined || usage.status !== 'pending') return undefined
+      const rows = await tx.all<ReceiptRow>("SELECT id, worker, amount, status, document FROM receipts WHERE usage_id = ? AND status = 'signed' ORDER BY id", [usageId])
+      const user = userAccount(usage.key_id)
+      const transfers: Transfer[] = rows.filter((r) => r.amount > 0).map((r) => ({
+        debit: user, credit: agentAccount(r.worker), amount: r.amount, memo: `receipt usage:${usageId}`, ref: r.id
+      }))
+      if (transfers.length > 0 && usage.fee > 0) transfers.push({ debit: user, credit: NETWORK_FEES, amount: usage.fee, memo: `network fee usage:${usageId}`, ref: `fee:${usageId}` })
+      await appendTransfers(tx, transfers, now)
+      // Crash tests pause here: entries written, receipts and usage not yet marked, nothing committed.
+      if (transfers.length > 0) await this.hooks.midSettlement?.(usageId)
+      await tx.run("UPDATE receipts SET status = 'settled', settled_at = ? WHERE usage_id = ? AND status = 'signed'", [now, usageId])
+      await tx.run("UPDATE usage SET status = 'settled', settled_at = ? WHERE id = ?", [now, usageId])
+      const charged = transfers.reduce((sum, t) => sum + t.amount, 0)
+      return { usageId, receipts: rows.map((r) => JSON.parse(r.document) as SignedReceipt), charged }
+    })
+  }
+
+  /**
+   * Settles every settleable usage, each in its own transaction. One usage that cannot settle (say
+   * its key was overdrawn by hand) is reported in `failed` and does not hold up the others.
+   */
+  async settleReady (olderThan = Date.now(), failed: Array<{ usageId: string, error: Error }> = []): Promise<SettledUsage[]> {
+    const out: SettledUsage[] = []
+    for (const id of await this.settleable(olderThan)) {
+      try {
+        const s = await this.settleUsage(id)
+        if (s !== undefined) out.push(s)
+      } catch (err) {
+        failed.push({ usageId: id, error: err as Error })
+      }
+    }
+    return out
+  }
+
+  /** A worker caught cheating loses every receipt of its that has not been settled yet. */
+  async voidUnsettled (worker: string): Promise<number> {
+    const { changes } = await this.db.run("UPDATE receipts SET status = 'void' WHERE head = ? AND worker = ? AND status IN ('proposed', 'signed')", [this.peerId, worker])
+    return changes
+  }
+
+  /** Proposals still waiting for their worker's signature that were made before `olderThan`. */
+  async waitingProposals (olderThan: number): Promise<Receipt[]> {
+    const rows = await this.db.all<{ document: string }>("SELECT document FROM receipts WHERE head = ? AND status = 'proposed' AND created_at <= ? ORDER BY created_at LIMIT 500", [this.peerId, olderThan])
+    return rows.map((r) => (JSON.parse(r.document) as { receipt: Receipt }).receipt)
+  }
+
+  /** Proposals a worker never signed (it died, or refused) stop blocking their usage after a while. */
+  async expireProposals (olderThan: number): Promise<number> {
+    const { changes } = await this.db.run("UPDATE receipts SET status = 'void' WHERE head = ? AND status = 'proposed' AND created_at <= ?", [this.peerId, olderThan])
+    return changes
+  }
+
+  /** Credits a key owes for usage not settled yet: reserved against its balance until settlement. */
+  async pendingCharge (keyId: string, q: Queryable = this.db): Promise<number> {
+    return (await this.funds(keyId, q)).pending
+  }
+
+  /** A key's balance and what it owes for unsettled usage, read together (one query, one snapshot). */
+  async funds (keyId: string, q: Queryable = this.db): Promise<{ balance: number, pending: number }> {
+    const row = await q.get<{ balance: number, pending: number }>(
+      `SELECT COALESCE((SELECT balance FROM ledger_balances WHERE account = ?), 0) AS balance,
+              COALESCE((SELECT SUM(u.fee + (SELECT COALESCE(SUM(r.amount), 0) FROM receipts r WHERE r.usage_id = u.id AND r.status IN ('proposed', 'signed')))
+                        FROM usage u WHERE u.key_id = ? AND u.status = 'pending'), 0) AS pending`, [userAccount(keyId), keyId])
+    return { balance: row?.balance ?? 0, pending: row?.pending ?? 0 }
+  }
+}
