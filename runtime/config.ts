@@ -7,6 +7,7 @@ import { NETWORK_ID_PATTERN } from '../protocols/index.ts'
 export const DEFAULT_NETWORK = 'clawmesh'
 export const DEFAULT_PORT = 4011
 export const DEFAULT_BOARD_PORT = 4012
+export const DEFAULT_GATEWAY_PORT = 4013
 
 const HOUR_MINUTE = /^([01][0-9]|2[0-3]):[0-5][0-9]$/
 
@@ -139,7 +140,7 @@ export const ConfigSchema = z.object({
   /** The paid OpenAI-compatible API a head sells its pipeline through (runtime/gateway); omitted = off. */
   gateway: z.object({
     host: z.string().default('127.0.0.1'),
-    port: z.number().int().min(0).max(65535).default(4012),
+    port: z.number().int().min(0).max(65535).default(DEFAULT_GATEWAY_PORT),
     /** Credits per million tokens the network keeps on top of what the contracts pay the workers. */
     networkFeePerMTok: z.number().nonnegative().default(0),
     defaultMaxTokens: z.number().int().positive().default(256),
