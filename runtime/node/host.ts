@@ -55,6 +55,8 @@ export async function createHost (key: PrivateKey, config: Config, extras: HostE
   if (config.bootstrap.length > 0) peerDiscovery.push(bootstrap({ list: config.bootstrap, timeout: 100 }))
   if (config.mdns) peerDiscovery.push(mdns({ serviceTag: `clawmesh-${config.networkId}` }))
 
+  // A mesh that lives on one LAN (or loopback) keeps private addresses; kad-dht drops them by default.
+  const lanOnly = isLoopbackOrPrivate([...config.listen, ...config.bootstrap])
   const services: Record<string, (components: any) => unknown> = {
     identify: identify(),
     identifyPush: identifyPush(),
@@ -68,12 +70,14 @@ export async function createHost (key: PrivateKey, config: Config, extras: HostE
       D: 6,
       Dlo: 3,
       Dhi: 12,
+      // Gossipsub penalises many peers behind one IP (a Sybil signal on the internet). On a LAN or
+      // loopback mesh every peer shares the same address space, and 12+ local peers would graylist
+      // each other, so the penalty is off there.
+      ...(lanOnly ? { scoreParams: { IPColocationFactorWeight: 0 } } : {}),
       ...(extras.gossipsubMetrics !== undefined ? { metricsRegister: extras.gossipsubMetrics, metricsTopicStrToLabel: new Map() } : {})
     })
   }
   if (config.dht) {
-    // A mesh that lives on one LAN (or loopback) keeps private addresses; kad-dht drops them by default.
-    const lanOnly = isLoopbackOrPrivate([...config.listen, ...config.bootstrap])
     services.dht = kadDHT({
       protocol: dhtProtocolFor(config.networkId),
       clientMode: false,
@@ -91,7 +95,10 @@ export async function createHost (key: PrivateKey, config: Config, extras: HostE
     addresses: { listen, announce: config.announce },
     transports: [tcp(), ...(config.nat.relayClient ? [circuitRelayTransport()] : [])],
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
+    // Engine tunnels (/clawmesh/rpc/1) carry bulk tensor traffic: yamux's default 256 KiB window throttles
+    // them, and a paused stream is reset once its read buffer passes maxReadBufferLength, so the buffer must
+    // hold at least one full window (stack.md gotcha #3).
+    streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: 4 * 1024 * 1024, maxReadBufferLength: 8 * 1024 * 1024 } })],
     ...(config.meshKey !== undefined ? { connectionProtector: preSharedKey({ psk: swarmKeyFromHex(config.meshKey) }) } : {}),
     peerDiscovery,
     connectionManager: { maxConnections: config.maxConnections },

@@ -53,6 +53,7 @@ export class MeshNode {
   private readonly dialing = new Set<string>()
   private statusWrite: Promise<void> = Promise.resolve()
   private stopping = false
+  private rejoinTimer: NodeJS.Timeout | undefined
 
   private constructor (
     readonly home: string,
@@ -146,6 +147,7 @@ export class MeshNode {
     await this.presence.start()
     await this.writeStatusNow()
     this.statusTimer = setInterval(() => { void this.writeStatusNow() }, Math.min(this.config.presenceIntervalMs, 5000))
+    this.scheduleRejoin(1000)
     this.log.info('node started', {
       peerId: this.peerId.toString(),
       network: this.config.networkId,
@@ -156,6 +158,7 @@ export class MeshNode {
 
   async stop (): Promise<void> {
     this.stopping = true
+    clearTimeout(this.rejoinTimer)
     clearInterval(this.statusTimer)
     clearTimeout(this.statusDirty)
     await this.statusWrite
@@ -204,6 +207,25 @@ export class MeshNode {
       gossip: this.bus?.getStats() ?? { accepted: {}, published: {}, rejected: {} as NodeStatus['gossip']['rejected'] },
       state: this.state
     }
+  }
+
+  /**
+   * libp2p's bootstrap dials once. If that dial fails (the peer was restarting, or refused us under its
+   * inbound rate limit when many joined at once), a node would stay alone forever. So while we have no
+   * connection at all, we redial the bootstrap list with backoff (1 s doubling to 30 s).
+   */
+  private scheduleRejoin (delayMs: number): void {
+    if (this.config.bootstrap.length === 0 || this.stopping) return
+    this.rejoinTimer = setTimeout(() => {
+      void (async () => {
+        const host = this.host
+        if (host === undefined || this.stopping) return
+        if (host.getConnections().length > 0) { this.scheduleRejoin(1000); return }
+        this.log.info('no peers: dialling the bootstrap list again', { retryInMs: delayMs })
+        await Promise.allSettled(this.config.bootstrap.map(async (a) => await host.dial(multiaddr(a), { signal: AbortSignal.timeout(5000) })))
+        this.scheduleRejoin(host.getConnections().length > 0 ? 1000 : Math.min(delayMs * 2, 30_000))
+      })()
+    }, delayMs)
   }
 
   /**
