@@ -196,6 +196,8 @@ export interface LlamaServerOptions {
   /** Placement and other flags, e.g. ['--rpc', 'a,b', ...computeTensorSplit(...).args, '--fit', 'off']. */
   extraArgs?: string[];
   readyTimeoutMs?: number;
+  /** Gives up waiting (and kills the server) when aborted, e.g. because an RPC worker died during load. */
+  signal?: AbortSignal;
 }
 
 export interface LlamaServerHandle {
@@ -231,9 +233,11 @@ export async function startLlamaServer(o: LlamaServerOptions): Promise<LlamaServ
       const r = await fetch(`${url}/health`);
       if (r.ok) break;
     } catch { /* not listening yet */ }
-    if (exited || Date.now() > deadline) {
+    if (exited || Date.now() > deadline || o.signal?.aborted) {
+      if (o.signal?.aborted) child.kill('SIGKILL'); // it may be blocked on a dead RPC peer
       await stopChild(child);
-      throw new Error(`llama-server did not become healthy at ${url} (${exited ?? 'timed out'}): ${printable}` +
+      const why = exited ?? (o.signal?.aborted ? `aborted: ${String((o.signal.reason as Error)?.message ?? o.signal.reason)}` : 'timed out');
+      throw new Error(`llama-server did not become healthy at ${url} (${why}): ${printable}` +
         (tail.length ? `\n  last output:\n    ${tail.join('\n    ')}` : ''));
     }
     await new Promise((r) => setTimeout(r, 100));

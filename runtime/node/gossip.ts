@@ -8,7 +8,24 @@ import {
 import type { Store } from '../store/store.ts'
 import type { Logger } from '../log.ts'
 
-export type EnvelopeHandler<B> = (env: Envelope<B>) => void | Promise<void>
+export type EnvelopeHandler<B> = (env: Envelope<B>, ctx: { topic: string, scope?: string }) => void | Promise<void>
+
+export interface ScopeOptions<B = unknown> {
+  /** Splits the kind over one topic per scope (e.g. per model); omitted = the kind's one topic. */
+  scope?: string
+  /**
+   * Where the body says which scope it belongs to. When given, an envelope whose body names another
+   * scope than its topic is rejected in the validator, so nobody can smuggle one model's terms into
+   * another model's market.
+   */
+  scopeOf?: (body: B) => string
+}
+
+interface TopicEntry {
+  kind: string
+  scope?: string
+  scopeOf?: (body: unknown) => string
+}
 
 export interface GossipStats {
   accepted: Record<string, number>
@@ -24,6 +41,8 @@ export interface GossipStats {
  */
 export class GossipBus {
   private readonly kinds = new Map<string, MessageKind>()
+  /** The topics we joined and which kind (and scope) each carries. */
+  private readonly topics = new Map<string, TopicEntry>()
   private readonly handlers = new Map<string, Array<EnvelopeHandler<unknown>>>()
   private readonly replay = new ReplayGuard()
   // The validator has already decoded the message; the 'message' event hands us the same object.
@@ -41,33 +60,50 @@ export class GossipBus {
     pubsub.addEventListener('message', this.onMessage)
   }
 
-  topic (kind: string): string {
-    return topicFor(this.networkId, kind)
+  topic (kind: string, scope?: string): string {
+    return topicFor(this.networkId, kind, scope)
   }
 
-  /** Joins the topic of a message kind; handlers run for every accepted envelope of that kind. */
-  subscribe<B> (kind: MessageKind<B>, handler?: EnvelopeHandler<B>): void {
-    const topic = this.topic(kind.kind)
-    if (!this.kinds.has(kind.kind)) {
-      this.kinds.set(kind.kind, kind as MessageKind)
+  /** Joins the topic of a message kind (and scope); handlers run for every accepted envelope on it. */
+  subscribe<B> (kind: MessageKind<B>, handler?: EnvelopeHandler<B>, opts: ScopeOptions<B> = {}): void {
+    const topic = this.topic(kind.kind, opts.scope)
+    const known = this.kinds.get(kind.kind)
+    if (known !== undefined && known !== kind) throw new Error(`two different definitions of message kind ${kind.kind}`)
+    this.kinds.set(kind.kind, kind as MessageKind)
+    if (!this.topics.has(topic)) {
+      this.topics.set(topic, { kind: kind.kind, scope: opts.scope, scopeOf: opts.scopeOf as TopicEntry['scopeOf'] })
       this.pubsub.topicValidators.set(topic, async (peer, msg) => await this.validate(peer, msg))
       this.scoreTopic(topic)
       this.pubsub.subscribe(topic)
     }
     if (handler !== undefined) {
-      const list = this.handlers.get(kind.kind) ?? []
+      const list = this.handlers.get(topic) ?? []
       list.push(handler as EnvelopeHandler<unknown>)
-      this.handlers.set(kind.kind, list)
+      this.handlers.set(topic, list)
     }
   }
 
+  /** How many peers we know to be subscribed to a kind's topic (and scope): who would hear a publish now. */
+  subscribers (kind: MessageKind, opts: { scope?: string } = {}): number {
+    return this.pubsub.getSubscribers(this.topic(kind.kind, opts.scope)).length
+  }
+
+  /** Leaves a topic and drops its handlers (a model the agent no longer trades). */
+  unsubscribe (kind: MessageKind, opts: { scope?: string } = {}): void {
+    const topic = this.topic(kind.kind, opts.scope)
+    if (!this.topics.delete(topic)) return
+    this.handlers.delete(topic)
+    this.pubsub.topicValidators.delete(topic)
+    this.pubsub.unsubscribe(topic)
+  }
+
   /** Signs, stores and publishes. Returns the envelope as sent. */
-  async publish<B> (kind: MessageKind<B>, body: B, opts: { ttlMs?: number } = {}): Promise<Envelope<B>> {
+  async publish<B> (kind: MessageKind<B>, body: B, opts: { ttlMs?: number, scope?: string } = {}): Promise<Envelope<B>> {
     const env = await sealEnvelope(this.key, kind, body, { networkId: this.networkId, ttlMs: opts.ttlMs })
     const bytes = encodeEnvelope(env)
     this.replay.admit(env.from, env.id, env.exp)
     await this.store.saveMessage(env, true)
-    await this.pubsub.publish(this.topic(kind.kind), bytes)
+    await this.pubsub.publish(this.topic(kind.kind, opts.scope), bytes)
     this.stats.published[kind.kind] = (this.stats.published[kind.kind] ?? 0) + 1
     return env
   }
@@ -78,7 +114,7 @@ export class GossipBus {
 
   stop (): void {
     this.pubsub.removeEventListener('message', this.onMessage)
-    for (const kind of this.kinds.keys()) this.pubsub.topicValidators.delete(this.topic(kind))
+    for (const topic of this.topics.keys()) this.pubsub.topicValidators.delete(topic)
   }
 
   /**
@@ -114,7 +150,11 @@ export class GossipBus {
     try {
       if (msg.type !== 'signed') throw new EnvelopeRejected('malformed', 'gossipsub message is unsigned')
       const env = await openEnvelope(msg.data, { networkId: this.networkId, kinds: this.kinds, signer: msg.from.toString() })
-      if (this.topic(env.kind) !== msg.topic) throw new EnvelopeRejected('malformed', `a ${env.kind} envelope on topic ${msg.topic}`)
+      const entry = this.topics.get(msg.topic)
+      if (entry?.kind !== env.kind) throw new EnvelopeRejected('malformed', `a ${env.kind} envelope on topic ${msg.topic}`)
+      if (entry.scopeOf !== undefined && entry.scopeOf(env.body) !== entry.scope) {
+        throw new EnvelopeRejected('malformed', `a ${env.kind} envelope for scope ${entry.scopeOf(env.body)} on topic ${msg.topic}`)
+      }
       if (!this.replay.admit(env.from, env.id, env.exp)) throw new EnvelopeRejected('replayed', `envelope ${env.id} from ${env.from} was already seen`)
       this.decoded.set(msg, env)
       return TopicValidatorResult.Accept
@@ -146,9 +186,10 @@ export class GossipBus {
       this.log.error('could not store an accepted message', { kind: env.kind, error: (err as Error).message })
       return
     }
-    for (const handler of this.handlers.get(env.kind) ?? []) {
+    const scope = this.topics.get(msg.topic)?.scope
+    for (const handler of this.handlers.get(msg.topic) ?? []) {
       try {
-        await handler(env)
+        await handler(env, { topic: msg.topic, scope })
       } catch (err) {
         this.log.error('gossip handler failed', { kind: env.kind, error: (err as Error).message })
       }

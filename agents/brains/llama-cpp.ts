@@ -1,0 +1,78 @@
+import { randomUUID } from 'node:crypto'
+import { BaseChatModel } from '@langchain/core/language_models/chat_models'
+import { AIMessage, SystemMessage, ToolMessage, type BaseMessage } from '@langchain/core/messages'
+import type { ChatResult } from '@langchain/core/outputs'
+import type { StructuredToolInterface } from '@langchain/core/tools'
+import { toJsonSchema } from '@langchain/core/utils/json_schema'
+
+type NodeLlama = typeof import('node-llama-cpp')
+
+/**
+ * A local GGUF through node-llama-cpp, as a LangChain chat model with tool calling. node-llama-cpp
+ * has no LangChain binding of its own, so tool calls are obtained by constraining the output with a
+ * JSON-schema grammar: {"say": "...", "calls": [{"name": "...", "args": "<JSON>"}]}. The grammar
+ * guarantees the shape; the tools' own zod schemas then validate the arguments.
+ */
+export class LlamaCppChatModel extends BaseChatModel {
+  private tools: StructuredToolInterface[] = []
+  private loaded: Promise<{ mod: NodeLlama, llama: Awaited<ReturnType<NodeLlama['getLlama']>>, model: unknown }> | undefined
+
+  constructor (private readonly opts: { modelPath: string, temperature: number, maxTokens?: number }) {
+    super({})
+  }
+
+  _llmType (): string {
+    return 'clawmesh-llama-cpp'
+  }
+
+  override bindTools (tools: StructuredToolInterface[]): this {
+    const bound = new LlamaCppChatModel(this.opts) as this
+    bound.tools = tools
+    bound.loaded = this.load()
+    return bound
+  }
+
+  private load (): NonNullable<LlamaCppChatModel['loaded']> {
+    this.loaded ??= (async () => {
+      const mod = await import('node-llama-cpp')
+      const llama = await mod.getLlama({ build: 'never' })
+      const model = await llama.loadModel({ modelPath: this.opts.modelPath })
+      return { mod, llama, model }
+    })()
+    return this.loaded
+  }
+
+  async _generate (messages: BaseMessage[]): Promise<ChatResult> {
+    const { mod, llama, model } = await this.load()
+    const names = this.tools.map((t) => t.name)
+    const grammar = await llama.createGrammarForJsonSchema({
+      type: 'object',
+      properties: {
+        say: { type: 'string' },
+        calls: { type: 'array', items: { type: 'object', properties: { name: names.length > 0 ? { enum: names } : { type: 'string' }, args: { type: 'string' } } } }
+      }
+    } as const)
+    const ctx = await (model as { createContext: (o: object) => Promise<{ getSequence: () => unknown, dispose: () => Promise<void> }> }).createContext({ contextSize: 4096 })
+    try {
+      const system = messages.filter((m) => SystemMessage.isInstance(m)).map((m) => String(m.content)).join('\n')
+      const toolDoc = this.tools.map((t) => `- ${t.name}: ${t.description} Arguments (JSON, as a string): ${JSON.stringify(toJsonSchema(t.schema as never))}`).join('\n')
+      const session = new mod.LlamaChatSession({ contextSequence: ctx.getSequence() as never, systemPrompt: `${system}\n\nTools:\n${toolDoc}\nAnswer with JSON: {"say": what you think, "calls": tool calls, each {"name", "args"} with args a JSON string}.` })
+      const transcript = messages.filter((m) => !SystemMessage.isInstance(m)).map((m) => ToolMessage.isInstance(m) ? `Tool result: ${String(m.content)}` : `${m.getType()}: ${String(m.content)}`).join('\n\n')
+      const answer = await session.prompt(transcript, { grammar, temperature: this.opts.temperature, maxTokens: this.opts.maxTokens ?? 512 })
+      const parsed = grammar.parse(answer) as { say?: string, calls?: Array<{ name?: string, args?: string }> }
+      const toolCalls = (parsed.calls ?? []).flatMap((c) => {
+        try {
+          return c.name === undefined ? [] : [{ id: randomUUID(), name: c.name, args: JSON.parse(c.args ?? '{}') as Record<string, unknown>, type: 'tool_call' as const }]
+        } catch {
+          return []
+        }
+      })
+      // A tool result means the turn's work is done: do not loop on tool calls forever.
+      const last = messages[messages.length - 1]
+      const message = new AIMessage({ id: randomUUID(), content: parsed.say ?? '', tool_calls: last !== undefined && ToolMessage.isInstance(last) ? [] : toolCalls })
+      return { generations: [{ text: String(message.content), message }] }
+    } finally {
+      await ctx.dispose()
+    }
+  }
+}

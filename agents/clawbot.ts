@@ -1,0 +1,428 @@
+import { join } from 'node:path'
+import { SqliteSaver } from '@langchain/langgraph-checkpoint-sqlite'
+import { coverage, type ModelRef, type SignedContract } from '../protocols/index.ts'
+import { AgentSettingsSchema, type AgentSettings } from '../runtime/config.ts'
+import type { MeshNode } from '../runtime/node/node.ts'
+import type { Logger } from '../runtime/log.ts'
+import { NegotiationBook } from '../skills/market/book.ts'
+import { MarketDesk, type MarketEvent } from '../skills/market/desk.ts'
+import { marketTools, threadFor } from '../skills/market/tools.ts'
+import type { Pipeline, PipelineRunner } from '../skills/assembly/pipeline.ts'
+import { buildAgentGraph, type AgentGraph } from './graph.ts'
+import { startLifecycle, stateOf, type LifecycleActor, type LifecycleState } from './lifecycle.ts'
+import { migrateAgentTables } from './migrations.ts'
+import { systemPrompt, type AgentEvent } from './observation.ts'
+import { Perception } from './perception.ts'
+import { AGENT_NAME_META } from './transcript.ts'
+import { OwnerPolicy } from './policy.ts'
+import { AgentRecords } from './records.ts'
+import { createBrain, type Brain } from './brains/providers.ts'
+
+export const THREADS_DB_FILE = 'agent-threads.db'
+
+export interface ClawBotOptions {
+  /** The LLM; default: from the node's config (agent.llm), the offline negotiator when none is set. */
+  brain?: Brain
+  /** Starts the pipeline once a head's contracts cover a model. */
+  runner?: PipelineRunner
+  /** Overrides applied over the config's agent settings. */
+  settings?: Partial<AgentSettings>
+  /** Free memory as the agent should see it (tests, demo); default: the OS's. */
+  freeMemory?: () => number
+  /** A worker not heard from for this long has left (default: 3 presence intervals). */
+  departAfterMs?: number
+  /** How long contracts bind (default one hour). */
+  serveForMs?: number
+  /** Calls for proposals a head makes for one model before giving up (default 8). */
+  maxCalls?: number
+}
+
+export interface Assembly {
+  model: ModelRef & { path?: string }
+  contracts: SignedContract[]
+  pipeline?: Pipeline
+  /** Why the pipeline did not start, when it did not. */
+  pipelineError?: string
+}
+
+interface Goal {
+  model: ModelRef & { path?: string }
+  calls: number
+  assembled?: Assembly
+  /** A pipeline start is in flight: do not start another. */
+  starting: boolean
+  since: number
+  /** Failed pipeline starts, and when to try again (workers may still be starting their servers). */
+  pipelineFailures: number
+  retryAt: number
+}
+
+/** Pipeline starts tried per coverage before the head gives up (and says why in its assembly). */
+const PIPELINE_ATTEMPTS = 3
+const PIPELINE_RETRY_MS = 5000
+
+/**
+ * One ClawBot: a MeshNode's agent. Market events become turns of its LangGraph graph (one thread per
+ * negotiation, checkpointed in the home); its lifecycle (xstate) follows what the market does and is
+ * persisted in the node's database; as a head it watches coverage and departures and re-negotiates.
+ * Turns run one at a time: one agent, one train of thought.
+ */
+export class ClawBot {
+  readonly book: NegotiationBook
+  readonly records: AgentRecords
+  readonly desk: MarketDesk
+  readonly settings: AgentSettings
+  readonly perception: Perception
+  readonly lifecycle: LifecycleActor
+  /** The state a crash interrupted, when this run resumed from a snapshot. */
+  readonly resumedFrom?: string
+  private readonly goals = new Map<string, Goal>()
+  private readonly goalModels = new Map<string, ModelRef>()
+  private queue: Promise<void> = Promise.resolve()
+  private pending = 0
+  private ticker: NodeJS.Timeout | undefined
+  private stopping = false
+  private snapshotWrite: Promise<void> = Promise.resolve()
+  private readonly assembledListeners = new Set<(a: Assembly) => void>()
+  private readonly contractListeners = new Set<(c: SignedContract, role: 'head' | 'worker') => void>()
+  private readonly log: Logger
+  graph!: AgentGraph
+  brain!: Brain
+  private checkpointer!: SqliteSaver
+
+  private constructor (readonly node: MeshNode, private readonly opts: ClawBotOptions, persisted: unknown) {
+    this.log = node.log.child('agent')
+    this.settings = AgentSettingsSchema.parse({ ...node.config.agent, ...opts.settings })
+    this.book = new NegotiationBook(node.store)
+    this.records = new AgentRecords(node.store)
+    if (node.bus === undefined) throw new Error('start the node before its agent')
+    this.desk = new MarketDesk(node.bus, node.key, node.peerId.toString(), node.config.networkId, this.book, this.log.child('market'))
+    this.perception = new Perception(node, this.book, this.settings, this.goalModels, opts.freeMemory)
+    const { actor, resumedFrom } = startLifecycle(persisted)
+    this.lifecycle = actor
+    this.resumedFrom = resumedFrom
+  }
+
+  /** Boots the agent on a started node: restores its lifecycle and threads, joins the market. */
+  static async start (node: MeshNode, opts: ClawBotOptions = {}): Promise<ClawBot> {
+    await migrateAgentTables(node.store)
+    await node.store.setMeta(AGENT_NAME_META, node.config.name)
+    const saved = await new AgentRecords(node.store).loadSnapshot()
+    const bot = new ClawBot(node, opts, saved?.snapshot)
+    await bot.boot()
+    return bot
+  }
+
+  private async boot (): Promise<void> {
+    this.lifecycle.subscribe((snap) => {
+      this.node.state = String(snap.value)
+      const persisted = this.lifecycle.getPersistedSnapshot()
+      this.snapshotWrite = this.snapshotWrite.then(async () => await this.records.saveSnapshot(String(snap.value), persisted))
+        .catch((err: unknown) => this.log.error('could not persist the lifecycle', { error: (err as Error).message }))
+    })
+    try {
+      this.brain = this.opts.brain ?? await createBrain(this.settings.llm)
+      this.checkpointer = SqliteSaver.fromConnString(join(this.node.home, THREADS_DB_FILE))
+      const policy = new OwnerPolicy({ me: this.perception.me, book: this.book, bounds: () => this.perception.bounds() })
+      const tools = marketTools({
+        desk: this.desk,
+        guard: policy,
+        offerTtlMs: this.settings.offerTtlMs,
+        cfpWindowMs: this.settings.proposalWindowMs,
+        serveForMs: this.opts.serveForMs ?? 3_600_000,
+        maxRounds: this.settings.maxRounds,
+        modelFor: (sha) => this.goalModels.get(sha),
+        nameOf: (id) => this.perception.nameOf(id),
+        record: (a) => { void this.records.logAction(a).catch((err: unknown) => this.log.warn('could not log an action', { error: (err as Error).message })) }
+      })
+      this.graph = buildAgentGraph({
+        model: this.brain.model,
+        tools,
+        systemPrompt: systemPrompt(this.node.config.name),
+        perceive: async (event) => await this.perception.perceive(event),
+        checkpointer: this.checkpointer
+      })
+      this.lifecycle.send({ type: 'BOOTED' })
+      this.desk.onEvent((e) => { this.onMarket(e) })
+      // Models we hold are markets we may be asked to serve in; so are the models peers advertise.
+      for (const m of (await this.node.describe()).models) this.desk.watchModel(m.sha256)
+      for (const p of this.node.presence?.peers() ?? []) for (const m of p.presence.models) this.desk.watchModel(m.sha256)
+      this.node.presence?.onPresence((p) => { for (const m of p.presence.models) this.desk.watchModel(m.sha256) })
+      for (const goal of await this.records.goals()) this.adoptGoal(goal)
+      await this.desk.resume()
+      await this.syncLifecycle()
+      this.lifecycle.send({ type: 'JOINED' })
+      this.ticker = setInterval(() => { void this.tick() }, 250)
+      this.log.info('agent up', { brain: this.brain.label, state: this.state, resumedFrom: this.resumedFrom })
+    } catch (err) {
+      this.lifecycle.send({ type: 'FAIL', error: (err as Error).message })
+      throw err
+    }
+  }
+
+  get state (): LifecycleState {
+    return stateOf(this.lifecycle)
+  }
+
+  get name (): string {
+    return this.node.config.name
+  }
+
+  /** Subscribes to a model's market without holding it (a worker told what to look for). */
+  watchModel (sha256: string): void {
+    this.desk.watchModel(sha256)
+  }
+
+  /** As a head: get this model served by the mesh, layer by layer, and run it once covered. */
+  async assemble (model: ModelRef & { path?: string }): Promise<void> {
+    await this.records.saveGoal(model)
+    this.adoptGoal(model)
+  }
+
+  /** Stops assembling a model (contracts already signed stay as they are). */
+  async abandon (sha256: string): Promise<void> {
+    await this.records.dropGoal(sha256)
+    this.goals.delete(sha256)
+  }
+
+  private adoptGoal (model: ModelRef & { path?: string }): void {
+    this.goalModels.set(model.sha256, model)
+    if (!this.goals.has(model.sha256)) this.goals.set(model.sha256, { model, calls: 0, starting: false, since: Date.now(), pipelineFailures: 0, retryAt: 0 })
+    this.desk.watchModel(model.sha256)
+  }
+
+  onAssembled (listener: (a: Assembly) => void): () => void {
+    this.assembledListeners.add(listener)
+    return () => this.assembledListeners.delete(listener)
+  }
+
+  /** Every contract this agent signs or receives countersigned (a worker starts serving on its first). */
+  onContract (listener: (c: SignedContract, role: 'head' | 'worker') => void): () => void {
+    this.contractListeners.add(listener)
+    return () => this.contractListeners.delete(listener)
+  }
+
+  assembly (sha256: string): Assembly | undefined {
+    return this.goals.get(sha256)?.assembled
+  }
+
+  /** Waits until queued turns have run (tests, drain). */
+  async idle (): Promise<void> {
+    while (this.pending > 0) await this.queue
+  }
+
+  /** Leaves cleanly: finishes the turn at hand, stops pipelines, persists `stopped`. */
+  async stop (): Promise<void> {
+    if (this.stopping) return
+    this.lifecycle.send({ type: 'DRAIN' })
+    await this.shutdown()
+    this.lifecycle.send({ type: 'DRAINED' })
+    await this.snapshotWrite
+    this.lifecycle.stop()
+  }
+
+  /** Stops without draining, as a crash would: the lifecycle snapshot keeps the state it was in. */
+  async halt (): Promise<void> {
+    await this.shutdown()
+    await this.snapshotWrite
+    this.lifecycle.stop()
+  }
+
+  private async shutdown (): Promise<void> {
+    this.stopping = true
+    clearInterval(this.ticker)
+    this.desk.stop()
+    await this.idle().catch(() => {})
+    for (const goal of this.goals.values()) await goal.assembled?.pipeline?.stop().catch(() => {})
+    try { (this.checkpointer as unknown as { db: { close: () => void } }).db.close() } catch {}
+  }
+
+  // ---- market events → turns ----
+
+  private onMarket (e: MarketEvent): void {
+    if (this.stopping) return
+    switch (e.type) {
+      case 'cfp':
+        this.lifecycle.send({ type: 'NEGOTIATION_OPENED', cfpId: e.cfpId })
+        this.enqueue({ type: 'cfp', cfpId: e.cfpId })
+        break
+      case 'deadline':
+      case 'counter':
+      case 'accepted':
+      case 'rejected':
+        this.enqueue(e.type === 'deadline' ? { type: 'deadline', cfpId: e.cfpId } : e)
+        break
+      case 'contracted':
+        this.enqueueWork(async () => { await this.afterContract(e.cfpId, e.peer) })
+        break
+    }
+  }
+
+  private enqueue (event: AgentEvent): void {
+    this.enqueueWork(async () => { await this.turn(event) })
+  }
+
+  private enqueueWork (work: () => Promise<void>): void {
+    this.pending++
+    this.queue = this.queue.then(async () => {
+      if (!this.stopping) await work()
+    }).catch((err: unknown) => {
+      this.log.error('agent turn failed', { error: (err as Error).message })
+      this.lifecycle.send({ type: 'FAIL', error: (err as Error).message })
+      // Recovery: the book and the threads are intact; rejoin and carry on with the next event.
+      this.lifecycle.send({ type: 'RECOVER' })
+      this.lifecycle.send({ type: 'JOINED' })
+    }).finally(() => { this.pending-- })
+  }
+
+  /** One turn of the graph on the event's thread, then bookkeeping. */
+  private async turn (event: AgentEvent): Promise<void> {
+    const thread = event.type === 'assemble' ? threadFor({ assemble: event.model }) : threadFor({ cfpId: event.cfpId })
+    await this.graph.invoke({ event }, { configurable: { thread_id: thread }, recursionLimit: 30 })
+    if (event.type !== 'assemble') await this.settle(event.cfpId)
+    await this.syncLifecycle()
+  }
+
+  /** A negotiation with nothing left in play is closed, so the lifecycle can move on. */
+  private async settle (cfpId: string): Promise<void> {
+    const n = await this.book.negotiation(cfpId)
+    if (n === undefined || n.status === 'closed') return
+    const threads = await this.book.threads(cfpId)
+    const live = threads.filter((t) => ['proposed', 'countered', 'accepted'].includes(t.status))
+    if (n.role === 'worker' && live.length === 0) await this.desk.closeNegotiation(cfpId)
+    if (n.role === 'head' && n.status === 'choosing' && live.length === 0) await this.desk.closeNegotiation(cfpId)
+  }
+
+  private async afterContract (cfpId: string, peer: string): Promise<void> {
+    await this.settle(cfpId)
+    await this.syncLifecycle()
+    const n = await this.book.negotiation(cfpId)
+    const me = this.perception.me
+    const signed = (await this.book.contracts({ cfpId })).find((c) => c.signed.doc.head === (n?.role === 'head' ? me : peer) && c.signed.doc.worker === (n?.role === 'head' ? peer : me))
+    if (n !== undefined && signed !== undefined) for (const l of this.contractListeners) l(signed.signed, n.role)
+    if (n?.role === 'head') await this.reviewGoal(n.model)
+  }
+
+  /** Keeps the lifecycle's context in step with the book (which is the truth after any restart). */
+  private async syncLifecycle (): Promise<void> {
+    const open = new Set((await this.book.negotiations({ status: ['open', 'choosing'] })).map((n) => n.cfpId))
+    const ctx = this.lifecycle.getSnapshot().context
+    for (const id of open) if (!ctx.negotiations.includes(id)) this.lifecycle.send({ type: 'NEGOTIATION_OPENED', cfpId: id })
+    for (const id of ctx.negotiations) if (!open.has(id)) this.lifecycle.send({ type: 'NEGOTIATION_CLOSED', cfpId: id })
+    const me = this.perception.me
+    const active = (await this.book.contracts({ status: 'active' })).filter((c) => c.signed.doc.head === me || c.signed.doc.worker === me).length
+    for (let i = this.lifecycle.getSnapshot().context.contracts; i < active; i++) this.lifecycle.send({ type: 'CONTRACTED' })
+    for (let i = this.lifecycle.getSnapshot().context.contracts; i > active; i--) this.lifecycle.send({ type: 'CONTRACT_ENDED' })
+  }
+
+  // ---- housekeeping: expiry, departures, coverage ----
+
+  private ticking = false
+
+  private async tick (): Promise<void> {
+    if (this.ticking || this.stopping || this.pending > 0) return
+    this.ticking = true
+    try {
+      await this.expireStale()
+      await this.detectDepartures()
+      for (const sha of this.goals.keys()) await this.reviewGoal(sha)
+    } catch (err) {
+      this.log.warn('housekeeping failed', { error: (err as Error).message })
+    } finally {
+      this.ticking = false
+    }
+  }
+
+  /** Offers nobody answered lapse; an acceptance nobody countersigned lapses after the offer time. */
+  private async expireStale (): Promise<void> {
+    const now = Date.now()
+    for (const n of await this.book.negotiations({ status: ['open', 'choosing'] })) {
+      let changed = false
+      for (const t of await this.book.threads(n.cfpId)) {
+        const lapsed = (['proposed', 'countered'].includes(t.status) && t.terms.expiresAt < now) ||
+          (t.status === 'accepted' && t.updatedAt + this.settings.offerTtlMs < now)
+        if (!lapsed) continue
+        await this.book.putThread({ ...t, status: 'expired' })
+        changed = true
+      }
+      if (changed || (n.role === 'worker' && n.cfp.deadline + this.settings.offerTtlMs < now)) {
+        if (n.role === 'worker' && (await this.book.threads(n.cfpId)).length === 0) await this.desk.closeNegotiation(n.cfpId)
+        await this.settle(n.cfpId)
+      }
+    }
+    await this.syncLifecycle()
+  }
+
+  /** A worker silent for departAfterMs has left: its contracts break and the head buys the range again. */
+  private async detectDepartures (): Promise<void> {
+    const me = this.perception.me
+    const silentAfter = this.opts.departAfterMs ?? 3 * this.node.config.presenceIntervalMs
+    const now = Date.now()
+    const heard = new Map((this.node.presence?.peers() ?? []).map((p) => [p.peerId, p.receivedAt]))
+    for (const c of await this.book.contracts({ head: me, status: 'active' })) {
+      const last = heard.get(c.signed.doc.worker)
+      if (last !== undefined && now - last < silentAfter) continue
+      if (last === undefined && now - c.createdAt < silentAfter) continue
+      this.log.info('worker left; its contract is broken', { worker: this.perception.nameOf(c.signed.doc.worker), layers: `${c.signed.doc.start}-${c.signed.doc.end}` })
+      await this.book.setContractStatus(c.id, 'broken')
+      const goal = this.goals.get(c.signed.doc.model)
+      if (goal?.assembled !== undefined) {
+        await goal.assembled.pipeline?.stop().catch(() => {})
+        goal.assembled = undefined
+        goal.calls = 0
+        goal.pipelineFailures = 0
+      }
+    }
+    await this.syncLifecycle()
+  }
+
+  /** Coverage complete → run the pipeline; gaps and nothing in play → call for proposals again. */
+  private async reviewGoal (sha: string): Promise<void> {
+    const goal = this.goals.get(sha)
+    if (goal === undefined || this.stopping) return
+    const contracts = (await this.book.contracts({ model: sha, head: this.perception.me, status: 'active' })).map((c) => c.signed)
+    const ranges = contracts.map((c) => ({ start: c.doc.start, end: c.doc.end }))
+    const report = coverage(ranges, goal.model.nLayer)
+    if (report.complete) {
+      const failed = goal.assembled?.pipeline === undefined && goal.assembled?.pipelineError !== undefined
+      if (failed && goal.pipelineFailures < PIPELINE_ATTEMPTS && Date.now() >= goal.retryAt) goal.assembled = undefined
+      if (goal.assembled === undefined && !goal.starting) await this.startPipeline(goal, contracts)
+      return
+    }
+    const inPlay = (await this.book.negotiations({ role: 'head', model: sha, status: ['open', 'choosing'] })).length > 0
+    if (inPlay || this.pending > 0) return
+    // Workers learn of a model from our presence and then subscribe: a call made before anyone listens is wasted.
+    if (this.desk.listeners(sha) === 0 && Date.now() - goal.since < 10_000) return
+    const held = await this.perception.headHoldings(sha)
+    const missing = coverage(held.ranges, goal.model.nLayer).gaps
+    if (missing.length === 0) return
+    if (goal.calls >= (this.opts.maxCalls ?? 8)) {
+      if (goal.calls === (this.opts.maxCalls ?? 8)) this.log.warn('giving up on assembling a model', { model: goal.model.name, missing })
+      goal.calls++
+      return
+    }
+    goal.calls++
+    this.enqueue({ type: 'assemble', model: sha, missing })
+  }
+
+  private async startPipeline (goal: Goal, contracts: SignedContract[]): Promise<void> {
+    goal.starting = true
+    const sorted = [...contracts].sort((a, b) => a.doc.start - b.doc.start)
+    const assembly: Assembly = { model: goal.model, contracts: sorted }
+    try {
+      if (this.opts.runner !== undefined) assembly.pipeline = await this.opts.runner.run(sorted, goal.model)
+      else assembly.pipelineError = 'no pipeline runner configured'
+    } catch (err) {
+      assembly.pipelineError = (err as Error).message
+      goal.pipelineFailures++
+      goal.retryAt = Date.now() + PIPELINE_RETRY_MS
+      this.log.warn('pipeline did not start', { model: goal.model.name, attempt: goal.pipelineFailures, error: assembly.pipelineError })
+    } finally {
+      goal.starting = false
+    }
+    goal.assembled = assembly
+    if (assembly.pipeline !== undefined) goal.pipelineFailures = 0
+    this.log.info('model assembled', { model: goal.model.name, contracts: sorted.length, pipeline: assembly.pipeline !== undefined })
+    for (const l of this.assembledListeners) l(assembly)
+  }
+}

@@ -1,0 +1,55 @@
+import { access } from 'node:fs/promises'
+import { isAbsolute, join } from 'node:path'
+import { DATABASE_FILE, type MeshNode } from '../runtime/node/node.ts'
+import { Store } from '../runtime/store/store.ts'
+import { printJson } from '../runtime/cli/format.ts'
+import { modelRefFromGguf } from '../skills/assembly/model.ts'
+import { ClawBot } from './clawbot.ts'
+import { engineFor } from './engine-runner.ts'
+import { migrateAgentTables } from './migrations.ts'
+import { formatTranscript, loadTranscripts } from './transcript.ts'
+
+export async function cmdTranscripts (home: string, opts: { thread?: string, json: boolean }): Promise<void> {
+  const path = join(home, DATABASE_FILE)
+  try { await access(path) } catch { throw new Error(`no clawmesh agent in ${home}; create one with "clawmesh init"`) }
+  const store = await Store.open(path)
+  try {
+    await migrateAgentTables(store)
+    const transcripts = await loadTranscripts(store, { thread: opts.thread })
+    if (opts.json) return printJson(transcripts)
+    if (transcripts.length === 0) return console.log('No negotiations yet.')
+    console.log(transcripts.map(formatTranscript).join('\n\n'))
+  } finally {
+    await store.close()
+  }
+}
+
+/** `clawmesh start`: the node's agent, assembling agent.assemble when the owner configured one. */
+export async function startAgentFor (node: MeshNode): Promise<() => Promise<void>> {
+  const engine = await engineFor(node)
+  const bot = await ClawBot.start(node, { runner: engine.runner })
+  // Serving starts with the first contract as a worker, not at start: it may need a llama.cpp build,
+  // which an agent that never sells has no reason to pay for. (The head retries a pipeline that
+  // raced a worker's start.)
+  let serving: Promise<(() => Promise<void>) | undefined> | undefined
+  bot.onContract((_c, role) => {
+    if (role !== 'worker' || engine.serve === undefined || serving !== undefined) return
+    serving = engine.serve().catch((err: unknown) => {
+      node.log.warn('cannot serve layer slices', { error: (err as Error).message })
+      return undefined
+    })
+  })
+  console.log(`ClawBot ${bot.name} is ${bot.state} (brain: ${bot.brain.label}${bot.resumedFrom !== undefined ? `, resumed from ${bot.resumedFrom}` : ''})`)
+  if (!engine.real) node.log.info('pipelines are pending the engine: contracts will be negotiated, not run')
+  const target = bot.settings.assemble
+  if (target !== undefined) {
+    const path = isAbsolute(target) ? target : join(node.modelsDir, target)
+    const model = await modelRefFromGguf(path)
+    await bot.assemble(model)
+    console.log(`Assembling ${model.name} (${model.nLayer} layers) from the mesh.`)
+  }
+  return async () => {
+    await bot.stop()
+    await (await serving)?.()
+  }
+}

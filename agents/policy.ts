@@ -1,0 +1,163 @@
+import { loadavg, cpus } from 'node:os'
+import { dealCost, overlapsAny, type Cfp, type LayerRange, type Terms } from '../protocols/index.ts'
+import type { AgentSettings } from '../runtime/config.ts'
+import type { NegotiationBook } from '../skills/market/book.ts'
+import type { MarketAction, MarketGuard, Verdict } from '../skills/market/guard.ts'
+
+/** The owner's bounds after defaults: what code enforces whatever the LLM says. */
+export interface Bounds {
+  floor: number
+  ceiling: number
+  budget: number
+  maxDeals: number
+  /** Bytes this agent may lend in total (share of free memory, capped by maxMemoryBytes). */
+  lendableBytes: number
+  idleOnly: boolean
+  hours?: { from: string, to: string }
+}
+
+export interface MachineView {
+  freeMemory: number
+  /** Free GPU memory when a GPU backend serves the layers; undefined on CPU. */
+  freeGpu?: number
+}
+
+export function boundsFrom (settings: AgentSettings, priceFloor: number, machine: MachineView): Bounds {
+  const memShare = Math.floor(machine.freeMemory * settings.maxMemoryShare)
+  const gpuShare = machine.freeGpu === undefined ? Infinity : Math.floor(machine.freeGpu * settings.maxGpuShare)
+  return {
+    floor: settings.floor ?? priceFloor,
+    ceiling: settings.ceiling,
+    budget: settings.budget,
+    maxDeals: settings.maxDeals,
+    lendableBytes: Math.min(memShare, gpuShare, settings.maxMemoryBytes ?? Infinity),
+    idleOnly: settings.idleOnly,
+    hours: settings.hours
+  }
+}
+
+/** Is `now` inside the owner's hours? A window may wrap midnight (22:00-07:00). */
+export function withinHours (hours: { from: string, to: string } | undefined, now: Date): boolean {
+  if (hours === undefined) return true
+  const minutes = (hm: string): number => Number(hm.slice(0, 2)) * 60 + Number(hm.slice(3, 5))
+  const t = now.getHours() * 60 + now.getMinutes()
+  const from = minutes(hours.from)
+  const to = minutes(hours.to)
+  return from <= to ? t >= from && t < to : t >= from || t < to
+}
+
+export function machineIsIdle (): boolean {
+  return loadavg()[0] / Math.max(1, cpus().length) < 0.5
+}
+
+export interface PolicyDeps {
+  me: string
+  book: NegotiationBook
+  bounds: () => Bounds
+  now?: () => number
+  isIdle?: () => boolean
+}
+
+/**
+ * The owner's policy, outside the LLM: every market move is checked here before it is made, and a
+ * refusal carries the reason (fed back to the LLM). It reads only binding terms and our own records,
+ * never what a peer wrote, so no text can argue it out of a bound.
+ */
+export class OwnerPolicy implements MarketGuard {
+  constructor (private readonly deps: PolicyDeps) {}
+
+  async check (a: MarketAction): Promise<Verdict> {
+    const b = this.deps.bounds()
+    switch (a.type) {
+      case 'publish_cfp':
+        if (a.budget > b.budget) return no(`budget ${a.budget} is above the owner's budget of ${b.budget} per million tokens`)
+        if (a.budget > b.ceiling * (a.want.end - a.want.start)) return no(`budget ${a.budget} would allow more than the ceiling of ${b.ceiling} per layer`)
+        return yes
+      case 'propose':
+        return await this.asWorker(a.cfp, a.terms, b, false)
+      case 'counter':
+      case 'accept':
+        if (a.role === 'worker') return await this.asWorker(a.cfp, a.terms, b, false)
+        return await this.asHead(a.cfp.cfpId, a.cfp.model, a.cfp.want, a.cfp.budget, a.peer, a.terms, b)
+      case 'sign_contract': {
+        const terms: Terms = { start: a.contract.start, end: a.contract.end, price: a.contract.price, expiresAt: Number.MAX_SAFE_INTEGER }
+        if (a.role === 'worker') return await this.asWorker(a.cfp, terms, b, true)
+        return await this.asHead(a.cfp.cfpId, a.cfp.model, a.cfp.want, a.cfp.budget, a.peer, terms, b)
+      }
+    }
+  }
+
+  /**
+   * A worker never sells below its floor, never lends more memory than the owner allows (counting
+   * deals already made), holds at most maxDeals, and works only in the owner's hours (and idle time).
+   */
+  private async asWorker (cfp: Cfp, t: Terms, b: Bounds, signing: boolean): Promise<Verdict> {
+    const want = cfp.want
+    // When signing, this call's own acceptance is already among the commitments: do not count it twice.
+    const excludeCfp = signing ? cfp.cfpId : undefined
+    const now = this.deps.now?.() ?? Date.now()
+    if (!withinHours(b.hours, new Date(now))) return no(`the owner allows work only between ${b.hours?.from} and ${b.hours?.to}`)
+    if (b.idleOnly && !(this.deps.isIdle ?? machineIsIdle)()) return no('the owner allows work only while this machine is idle, and it is busy')
+    if (t.price < b.floor) return no(`price ${t.price} is below the floor of ${b.floor}`)
+    if (t.start < want.start || t.end > want.end) return no(`layers [${t.start}, ${t.end}) are outside the called range [${want.start}, ${want.end})`)
+    if (!signing && t.expiresAt <= now) return no('the terms have already expired')
+    const committed = (await this.deps.book.committedThreads()).filter((th) => th.cfpId !== excludeCfp)
+    if (!signing && committed.length >= b.maxDeals) return no(`already holding ${committed.length} deals, the owner allows ${b.maxDeals}`)
+    if (signing && committed.length > b.maxDeals) return no(`signing would exceed the owner's ${b.maxDeals} deals`)
+    const layerBytes = cfp.modelRef.layerBytes
+    let usedBytes = 0
+    for (const th of committed) {
+      const n = await this.deps.book.negotiation(th.cfpId)
+      usedBytes += (th.terms.end - th.terms.start) * (n?.cfp.modelRef.layerBytes ?? 0)
+    }
+    const need = (t.end - t.start) * layerBytes
+    if (usedBytes + need > b.lendableBytes) {
+      const fit = Math.max(0, Math.floor((b.lendableBytes - usedBytes) / Math.max(1, layerBytes)))
+      return no(`${t.end - t.start} layers need ${mib(need)} but only ${mib(Math.max(0, b.lendableBytes - usedBytes))} may be lent (at most ${fit} layers)`)
+    }
+    return yes
+  }
+
+  /**
+   * A head never pays above its ceiling per layer, never beyond its budget (the owner's, and the one it
+   * announced) counting deals already made for this model, and never buys a layer twice.
+   */
+  private async asHead (cfpId: string, model: string, want: LayerRange, cfpBudget: number, peer: string, t: Terms, b: Bounds): Promise<Verdict> {
+    if (t.price > b.ceiling) return no(`price ${t.price} is above the ceiling of ${b.ceiling} per layer`)
+    if (t.start < want.start || t.end > want.end) return no(`layers [${t.start}, ${t.end}) are outside the called range [${want.start}, ${want.end})`)
+    const held = await this.headCommitments(model, cfpId, peer)
+    if (overlapsAny(t, held.map((h) => h.range))) return no(`layers [${t.start}, ${t.end}) overlap layers already bought or being bought`)
+    const spentInCall = held.filter((h) => h.cfpId === cfpId).reduce((s, h) => s + h.cost, 0)
+    const spentOnModel = held.reduce((s, h) => s + h.cost, 0)
+    if (spentInCall + dealCost(t) > cfpBudget) return no(`this deal (${dealCost(t)}) would take the call past its budget of ${cfpBudget} (${spentInCall} committed)`)
+    if (spentOnModel + dealCost(t) > b.budget) return no(`this deal (${dealCost(t)}) would take the model past the owner's budget of ${b.budget} (${spentOnModel} committed)`)
+    return yes
+  }
+
+  /** Ranges this head holds for a model: active contracts and acceptances in flight (but not the one under review). */
+  private async headCommitments (model: string, cfpId: string, peer: string): Promise<Array<{ cfpId: string, range: LayerRange, cost: number }>> {
+    const out: Array<{ cfpId: string, range: LayerRange, cost: number }> = []
+    const contracted = new Set<string>()
+    for (const c of await this.deps.book.contracts({ model, head: this.deps.me, status: 'active' })) {
+      if (c.cfpId === cfpId && c.signed.doc.worker === peer) continue
+      contracted.add(`${c.cfpId}/${c.signed.doc.worker}`)
+      out.push({ cfpId: c.cfpId, range: { start: c.signed.doc.start, end: c.signed.doc.end }, cost: dealCost(c.signed.doc) })
+    }
+    for (const n of await this.deps.book.negotiations({ role: 'head', model, status: ['open', 'choosing'] })) {
+      for (const th of await this.deps.book.threads(n.cfpId)) {
+        if (th.status !== 'accepted' || (n.cfpId === cfpId && th.peer === peer) || contracted.has(`${n.cfpId}/${th.peer}`)) continue
+        out.push({ cfpId: n.cfpId, range: { start: th.terms.start, end: th.terms.end }, cost: dealCost(th.terms) })
+      }
+    }
+    return out
+  }
+}
+
+const yes: Verdict = { ok: true }
+function no (reason: string): Verdict {
+  return { ok: false, reason }
+}
+
+function mib (bytes: number): string {
+  return `${(bytes / 2 ** 20).toFixed(1)} MiB`
+}

@@ -1,0 +1,230 @@
+// Joins two byte pipes (TCP sockets or libp2p streams) both ways, with backpressure, half-close,
+// error propagation, byte counting and an optional per-chunk delay (home-link emulation: this
+// kernel has no netem, so the delay lives in user space).
+import type { Socket } from 'node:net';
+import type { Stream } from '@libp2p/interface';
+
+/** What splice needs from either side. */
+export interface Endpoint {
+  readonly label: string;
+  /** false = the sink is full: stop feeding it until onDrain fires. */
+  write(buf: Uint8Array): boolean;
+  onDrain(cb: () => void): void;
+  pause(): void;
+  resume(): void;
+  /** Half-close: no more writes from us; reading goes on. */
+  endWrite(): void;
+  abort(err: Error): void;
+  attach(h: { data(buf: Uint8Array): void; end(): void; close(err?: Error): void }): void;
+}
+
+export function socketEndpoint(socket: Socket, label: string): Endpoint {
+  let lastError: Error | undefined;
+  return {
+    label,
+    write: (buf) => socket.write(buf),
+    onDrain: (cb) => { socket.once('drain', cb); },
+    pause: () => { socket.pause(); },
+    resume: () => { socket.resume(); },
+    endWrite: () => { socket.end(); },
+    abort: () => { socket.destroy(); },
+    attach(h) {
+      socket.on('data', (b: Buffer) => h.data(b));
+      socket.on('end', () => h.end());
+      socket.on('error', (e) => { lastError = e; });
+      socket.on('close', (hadError) => h.close(hadError ? (lastError ?? new Error(`${label}: socket error`)) : undefined));
+    },
+  };
+}
+
+/**
+ * A libp2p stream as an endpoint. Pausing is deferred to a microtask: yamux undoes a pause issued
+ * synchronously inside a 'message' handler that resume() triggered (stack.md gotcha #3), and the
+ * latest wish wins so a pause/resume pair in one tick cannot leave the stream stuck.
+ */
+export function streamEndpoint(stream: Stream, label: string): Endpoint {
+  let wantPaused = false;
+  const settle = () => {
+    try {
+      if (wantPaused) stream.pause();
+      else stream.resume();
+    } catch { /* closing: nothing left to throttle */ }
+  };
+  return {
+    label,
+    write(buf) {
+      try {
+        return stream.send(buf);
+      } catch (err) {
+        stream.abort(err as Error);
+        return true;
+      }
+    },
+    onDrain: (cb) => { stream.onDrain().then(cb, () => {}); },
+    pause: () => { wantPaused = true; queueMicrotask(settle); },
+    resume: () => { wantPaused = false; settle(); },
+    endWrite: () => { stream.close().catch((err: Error) => stream.abort(err)); },
+    abort: (err) => { stream.abort(err); },
+    attach(h) {
+      let ended = false;
+      stream.addEventListener('message', (evt) => h.data(evt.data instanceof Uint8Array ? evt.data : evt.data.subarray()));
+      stream.addEventListener('end', () => { if (!ended) { ended = true; h.end(); } });
+      stream.addEventListener('close', (evt) => {
+        // A graceful close can arrive without 'end' (nothing left unread): end first, then close.
+        if (!evt.error && !ended) { ended = true; h.end(); }
+        h.close(evt.error);
+      });
+    },
+  };
+}
+
+/**
+ * Holds every chunk `delayMs` before delivering it, in order; chunks are timestamped on arrival so
+ * a delayed link keeps its bandwidth (a pipeline, not a sleep per chunk).
+ */
+export class DelayLine {
+  private readonly queue: Array<{ due: number; buf: Uint8Array }> = [];
+  private timer: NodeJS.Timeout | undefined;
+  private onEmpty: (() => void) | undefined;
+  bytes = 0;
+
+  constructor(private readonly delayMs: number, private readonly deliver: (buf: Uint8Array) => void) {}
+
+  push(buf: Uint8Array): void {
+    if (this.delayMs <= 0 && this.queue.length === 0) { this.deliver(buf); return; }
+    this.queue.push({ due: performance.now() + this.delayMs, buf });
+    this.bytes += buf.byteLength;
+    this.schedule();
+  }
+
+  /** Calls cb once everything queued so far has been delivered. */
+  whenEmpty(cb: () => void): void {
+    if (this.queue.length === 0) cb();
+    else this.onEmpty = cb;
+  }
+
+  clear(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.queue.length = 0;
+    this.bytes = 0;
+    this.onEmpty = undefined;
+  }
+
+  private schedule(): void {
+    if (this.timer !== undefined || this.queue.length === 0) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      const now = performance.now();
+      while (this.queue.length > 0 && this.queue[0].due <= now + 0.5) {
+        const { buf } = this.queue.shift()!;
+        this.bytes -= buf.byteLength;
+        this.deliver(buf);
+      }
+      if (this.queue.length === 0) {
+        const cb = this.onEmpty;
+        this.onEmpty = undefined;
+        cb?.();
+      }
+      this.schedule();
+    }, Math.max(0, this.queue[0].due - performance.now()));
+  }
+}
+
+export interface SpliceResult {
+  /** Set when the splice ended abnormally: an endpoint reset/errored, or `failIfEndsFirst` ended first. */
+  error?: Error;
+  /** Label of the endpoint the problem came from. */
+  from?: string;
+}
+
+export interface SpliceOptions {
+  delayMs?: number;
+  /** Bytes moved a → b and b → a, as they leave the source (for link meters). */
+  onAtoB?: (n: number) => void;
+  onBtoA?: (n: number) => void;
+  /**
+   * Treat this endpoint ending its side first as a failure. An RPC server never hangs up on its
+   * client, so a worker-side end before the client's means the worker went away.
+   */
+  failIfEndsFirst?: 'a' | 'b';
+  /** Max bytes held in a delay line before its source is paused. */
+  highWaterMark?: number;
+}
+
+export interface Splice {
+  done: Promise<SpliceResult>;
+  /** Tears both sides down now (used when the pipeline fails or stops). */
+  abort(err: Error): void;
+}
+
+export function splice(a: Endpoint, b: Endpoint, o: SpliceOptions = {}): Splice {
+  const hwm = o.highWaterMark ?? 4 << 20;
+  let resolveDone!: (r: SpliceResult) => void;
+  const done = new Promise<SpliceResult>((r) => { resolveDone = r; });
+  let finished = false;
+  const closed = { a: false, b: false };
+  const ended = { a: false, b: false };
+  const lines: DelayLine[] = [];
+
+  const finish = (r: SpliceResult) => {
+    if (finished) return;
+    finished = true;
+    for (const l of lines) l.clear();
+    resolveDone(r);
+  };
+  const fail = (from: Endpoint, err: Error) => {
+    if (finished) return;
+    const other = from === a ? b : a;
+    finish({ error: err, from: from.label });
+    other.abort(err);
+    from.abort(err);
+  };
+
+  const direction = (src: Endpoint, dst: Endpoint, side: 'a' | 'b', meter?: (n: number) => void) => {
+    let waitingDrain = false;
+    let heldByLine = false;
+    const maybeResume = () => { if (!waitingDrain && !heldByLine) src.resume(); };
+    const line = new DelayLine(o.delayMs ?? 0, (buf) => {
+      if (finished) return;
+      if (!dst.write(buf) && !waitingDrain) {
+        waitingDrain = true;
+        src.pause();
+        dst.onDrain(() => { waitingDrain = false; maybeResume(); });
+      }
+      if (heldByLine && line.bytes < hwm / 2) { heldByLine = false; maybeResume(); }
+    });
+    lines.push(line);
+    src.attach({
+      data(buf) {
+        if (finished) return;
+        meter?.(buf.byteLength);
+        line.push(buf);
+        if (line.bytes > hwm && !heldByLine) { heldByLine = true; src.pause(); }
+      },
+      end() {
+        if (finished || ended[side]) return;
+        ended[side] = true;
+        const otherSide = side === 'a' ? 'b' : 'a';
+        if (o.failIfEndsFirst === side && !ended[otherSide]) {
+          fail(src, new Error(`${src.label} closed the connection while its peer was still using it`));
+          return;
+        }
+        line.whenEmpty(() => { if (!finished) dst.endWrite(); });
+      },
+      close(err) {
+        closed[side] = true;
+        if (err !== undefined) { fail(src, err); return; }
+        if (!ended[side]) {
+          // Closed without ending its data: an abrupt close (a destroyed socket, a dead process).
+          const otherSide = side === 'a' ? 'b' : 'a';
+          if (!ended[otherSide] || o.failIfEndsFirst === side) { fail(src, new Error(`${src.label} closed abruptly`)); return; }
+        }
+        if (closed.a && closed.b) finish({});
+      },
+    });
+  };
+  direction(a, b, 'a', o.onAtoB);
+  direction(b, a, 'b', o.onBtoA);
+  return { done, abort: (err) => fail(a, err) };
+}

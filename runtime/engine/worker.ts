@@ -1,0 +1,187 @@
+// Worker (slice provider): serves its machine to contracted heads through /clawmesh/rpc/1 only.
+//
+// One rpc-server per active contract, started on the contract's first stream and bound to
+// 127.0.0.1 on a free port: ggml's rpc-server serves one client at a time and keeps that client's
+// buffers, so sharing one process between heads would queue them behind each other and mix their
+// allocations. Every stream is checked against the contract book before a byte reaches llama.cpp;
+// refusals are answered with a reason, logged and kept in a short in-memory list.
+import { connect } from 'node:net';
+import { mkdirSync } from 'node:fs';
+import type { Connection, Stream } from '@libp2p/interface';
+import type { MeshNode } from '../node/node.ts';
+import type { Logger } from '../log.ts';
+import { ContractBook, verifyMarketContract, type ContractVerifier } from './contracts.js';
+import { freePort, startRpcServer, type RpcServerHandle } from './llama-procs.js';
+import { socketEndpoint, splice, streamEndpoint } from './splice.js';
+import { RPC_PROTOCOL, encodeFrame, readFrame, type Hello } from './tunnel.js';
+
+export interface WorkerOptions {
+  node: MeshNode;
+  /** Path of ggml-rpc-server (ensureLlamaBuild().rpcServer). */
+  rpcServerBin: string;
+  threads?: number;
+  /** rpc-server's tensor cache (-c) lives here (LLAMA_CACHE); default: llama.cpp's own (~/.cache/llama.cpp). */
+  cacheDir?: string;
+  /** Disable the tensor cache (it saves the transfer when a head reloads the same model). */
+  noCache?: boolean;
+  /** Checks each contract's document; default: the market's two-signature check. */
+  verify?: ContractVerifier;
+  log?: Logger;
+  /** How long a head has to send its hello. */
+  helloTimeoutMs?: number;
+}
+
+export interface Refusal {
+  at: number;
+  peer: string;
+  contractId?: string;
+  reason: string;
+}
+
+export interface WorkerStatus {
+  peerId: string;
+  protocol: string;
+  rpcServers: Array<{ contractId: string; endpoint: string; pid: number }>;
+  streams: number;
+  refusals: number;
+}
+
+export class SliceWorker {
+  readonly refusals: Refusal[] = [];
+  private readonly servers = new Map<string, Promise<RpcServerHandle>>();
+  /** The same servers once started (status and tests need them synchronously). */
+  private readonly ready = new Map<string, RpcServerHandle>();
+  private readonly book: ContractBook;
+  private readonly log: Logger;
+  private streams = 0;
+  private stopped = false;
+
+  private constructor(private readonly o: WorkerOptions) {
+    this.book = new ContractBook(o.node.store, o.verify ?? verifyMarketContract);
+    this.log = o.log ?? o.node.log.child('engine-worker');
+  }
+
+  /** Registers the protocol handler on a started node. */
+  static async start(o: WorkerOptions): Promise<SliceWorker> {
+    const host = o.node.host;
+    if (host === undefined) throw new Error('start the mesh node before serving a slice');
+    if (o.cacheDir !== undefined) mkdirSync(o.cacheDir, { recursive: true });
+    const w = new SliceWorker(o);
+    await host.handle(RPC_PROTOCOL, (stream, conn) => { void w.onStream(stream, conn); }, { maxInboundStreams: 64 });
+    w.log.info('serving slices', { protocol: RPC_PROTOCOL });
+    return w;
+  }
+
+  status(): WorkerStatus {
+    const rpcServers: WorkerStatus['rpcServers'] = [];
+    for (const [contractId, h] of this.ready) rpcServers.push({ contractId, endpoint: h.endpoint, pid: h.pid });
+    return { peerId: this.o.node.peerId.toString(), protocol: RPC_PROTOCOL, rpcServers, streams: this.streams, refusals: this.refusals.length };
+  }
+
+  /** The running rpc-server of a contract, if any (tests kill it to simulate a crash). */
+  rpcServerFor(contractId: string): RpcServerHandle | undefined {
+    return this.ready.get(contractId);
+  }
+
+  /** Stops a contract's rpc-server (its contract ended); a later valid stream would start a new one. */
+  async release(contractId: string): Promise<void> {
+    const p = this.servers.get(contractId);
+    this.servers.delete(contractId);
+    this.ready.delete(contractId);
+    if (p !== undefined) await (await p).stop();
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    await this.o.node.host?.unhandle(RPC_PROTOCOL).catch(() => {});
+    const all = [...this.servers.values()];
+    this.servers.clear();
+    await Promise.allSettled(all.map(async (p) => { await (await p).stop(); }));
+  }
+
+  private refuse(stream: Stream, peer: string, contractId: string | undefined, reason: string): void {
+    this.refusals.push({ at: Date.now(), peer, contractId, reason });
+    if (this.refusals.length > 100) this.refusals.shift();
+    this.log.warn('refused an rpc stream', { peer, contract: contractId ?? '-', reason });
+    try {
+      stream.send(encodeFrame({ ok: false, reason }));
+      void stream.close().catch(() => {});
+    } catch {
+      stream.abort(new Error(reason));
+    }
+  }
+
+  private async onStream(stream: Stream, conn: Connection): Promise<void> {
+    // The remote peer is authenticated by noise: it is the key that signed the handshake.
+    const peer = conn.remotePeer.toString();
+    let hello: Hello;
+    try {
+      hello = (await readFrame(stream, this.o.helloTimeoutMs ?? 10_000)) as Hello;
+      if (typeof hello?.contractId !== 'string' || typeof hello?.modelSha256 !== 'string') throw new Error('hello lacks contractId or modelSha256');
+    } catch (err) {
+      this.refuse(stream, peer, undefined, `bad hello: ${(err as Error).message}`);
+      return;
+    }
+    if (this.stopped) { this.refuse(stream, peer, hello.contractId, 'worker is stopping'); return; }
+    const decision = await this.book.checkAccess({ contractId: hello.contractId, worker: this.o.node.peerId.toString(), head: peer, modelSha256: hello.modelSha256 });
+    if (!decision.ok) { this.refuse(stream, peer, hello.contractId, decision.reason); return; }
+
+    let rpc: RpcServerHandle;
+    try {
+      rpc = await this.rpcServer(hello.contractId);
+    } catch (err) {
+      this.refuse(stream, peer, hello.contractId, `this worker could not start its rpc-server: ${(err as Error).message.split('\n')[0]}`);
+      return;
+    }
+    if (hello.probe === true) {
+      stream.send(encodeFrame({ ok: true }));
+      await stream.close().catch(() => {});
+      return;
+    }
+    const [h, p] = rpc.endpoint.split(':');
+    const socket = connect({ host: h, port: Number(p), allowHalfOpen: true });
+    socket.setNoDelay(true);
+    try {
+      await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject); });
+    } catch (err) {
+      socket.destroy();
+      this.refuse(stream, peer, hello.contractId, `rpc-server at ${rpc.endpoint} is unreachable: ${(err as Error).message}`);
+      return;
+    }
+    stream.send(encodeFrame({ ok: true }));
+    this.streams++;
+    const s = splice(streamEndpoint(stream, `head ${peer}`), socketEndpoint(socket, `rpc-server ${rpc.endpoint}`), { failIfEndsFirst: 'b' });
+    const r = await s.done;
+    this.streams--;
+    if (r.error !== undefined && !this.stopped) {
+      const exit = rpc.process.exitCode ?? rpc.process.signalCode;
+      this.log.warn('rpc stream ended abnormally', {
+        peer, contract: hello.contractId, from: r.from ?? '-', error: r.error.message,
+        ...(exit !== null ? { rpcServerExit: exit, rpcServerTail: rpc.outputTail().slice(-3).join(' | ') } : {}),
+      });
+    }
+  }
+
+  /** The contract's rpc-server, started on first use; a dead one is replaced on the next stream. */
+  private rpcServer(contractId: string): Promise<RpcServerHandle> {
+    let p = this.servers.get(contractId);
+    if (p === undefined) {
+      p = (async () => {
+        const env = this.o.cacheDir !== undefined ? { ...process.env, LLAMA_CACHE: this.o.cacheDir } : process.env;
+        const h = await startRpcServer({ bin: this.o.rpcServerBin, port: await freePort(), threads: this.o.threads, cache: this.o.noCache !== true, env });
+        this.ready.set(contractId, h);
+        this.log.info('rpc-server started', { contract: contractId, endpoint: h.endpoint, pid: h.pid });
+        h.process.once('exit', (code, sig) => {
+          this.ready.delete(contractId);
+          if (this.servers.get(contractId) === p) this.servers.delete(contractId);
+          if (!this.stopped) this.log.warn('rpc-server exited', { contract: contractId, code, signal: sig, tail: h.outputTail().slice(-3).join(' | ') });
+        });
+        return h;
+      })();
+      p.catch(() => { if (this.servers.get(contractId) === p) this.servers.delete(contractId); });
+      this.servers.set(contractId, p);
+    }
+    return p;
+  }
+}

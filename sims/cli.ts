@@ -1,0 +1,34 @@
+import { join, relative, resolve } from 'node:path'
+import { loadScenario } from './scenario.ts'
+import { runScenario, type SimMetrics } from './world.ts'
+import { writeReport } from './report.ts'
+
+export interface SimCliOptions { out?: string, seed?: number, agents?: number, quiet?: boolean }
+
+const ROOT = resolve(import.meta.dirname, '..')
+
+/** `clawmesh sim <scenario>`: runs it, writes report.md + charts + metrics.json, returns where. */
+export async function simCommand (name: string, opts: SimCliOptions = {}): Promise<{ dir: string, metrics: SimMetrics, baseline?: SimMetrics }> {
+  const { scenario, file } = await loadScenario(name)
+  const progress = opts.quiet === true ? undefined : (line: string) => process.stderr.write(`[sim ${scenario.name}] ${line}\n`)
+  const metrics = await runScenario(scenario, { seed: opts.seed, agents: opts.agents, progress })
+  let baseline: SimMetrics | undefined
+  if (scenario.baseline && scenario.adversaries.cartel.members > 0) {
+    progress?.('baseline run: the same seed with the cartel pricing honestly')
+    baseline = await runScenario(scenario, { seed: opts.seed, agents: opts.agents, cartelHonest: true, progress })
+  }
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)
+  const dir = resolve(opts.out ?? join(ROOT, 'sims', 'out', `${scenario.name}-${stamp}`))
+  const args = [name, opts.seed !== undefined ? `--seed ${opts.seed}` : '', opts.agents !== undefined ? `--agents ${opts.agents}` : ''].filter((x) => x !== '').join(' ')
+  writeReport(dir, { scenario, metrics, baseline, file: relative(ROOT, file), command: `clawmesh sim ${args}` })
+  return { dir, metrics, baseline }
+}
+
+export function summary (m: SimMetrics): string {
+  return [
+    `${m.scenario}: ${m.agents} agents, ${m.simHours} h simulated in ${m.wallSeconds} s`,
+    `  covered in ${m.coverage.firstCoveredMin ?? 'never'} min (${m.coverage.headsCovered}/${m.coverage.heads} heads), ${m.contracts.signed} contracts, ${m.messages.perContract ?? '—'} market messages each`,
+    `  price/layer ${m.price.meanPerLayer ?? '—'}, demand served ${(100 * m.demand.servedShare).toFixed(1)}%, Gini ${m.earnings.gini}`,
+    `  fraud caught ${m.fraud.forgedCaught}/${m.fraud.forgedReceipts} receipts, ${m.fraud.envelopeRejected} envelopes rejected; bound breaches ${m.injection.breaches}; ledger conserved ${m.ledger.conserved}`
+  ].join('\n')
+}

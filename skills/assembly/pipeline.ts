@@ -1,0 +1,24 @@
+import type { ModelRef, SignedContract } from '../../protocols/index.ts'
+
+/** A model assembled from contracted workers, ready to answer. */
+export interface Pipeline {
+  complete (prompt: string, opts?: { maxTokens?: number }): Promise<string>
+  stop (): Promise<void>
+}
+
+/**
+ * What a head's agent calls once its contracts cover every layer of a model. The engine (layer-split
+ * llama.cpp over libp2p tunnels) implements it; the agent layer only needs this much, so that it can
+ * be tested with a double and the engine can change underneath.
+ */
+export interface PipelineRunner {
+  /** Starts the pipeline over these contracts (sorted by layer, covering [0, nLayer) exactly). */
+  run (contracts: SignedContract[], model: ModelRef & { path?: string }): Promise<Pipeline>
+}
+
+/** Used until the engine exports a runner: says so plainly instead of pretending to run anything. */
+export class PendingEngineRunner implements PipelineRunner {
+  async run (contracts: SignedContract[], model: ModelRef): Promise<Pipeline> {
+    throw new Error(`pipeline for ${model.name} over ${contracts.length} contracts is pending the engine (runtime/engine exports no pipeline runner yet)`)
+  }
+}

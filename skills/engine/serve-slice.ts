@@ -1,0 +1,76 @@
+// serve_slice: the worker side of the engine as an agent tool. The market negotiates and records
+// contracts; this tool runs (or stops, or reports on) the service that lets contracted heads use
+// this machine's compute through /clawmesh/rpc/1.
+import { tool } from '@langchain/core/tools';
+import { z } from 'zod';
+import type { MeshNode } from '../../runtime/node/node.ts';
+import { ensureLlamaBuild } from '../../runtime/engine/build.ts';
+import { ContractBook } from '../../runtime/engine/contracts.ts';
+import { SliceWorker } from '../../runtime/engine/worker.ts';
+
+export const ServeSliceInput = z.object({
+  action: z.enum(['start', 'stop', 'status']).default('start')
+    .describe('start: serve contracted heads (idempotent); stop: stop serving and free the rpc-servers; status: what is being served'),
+  threads: z.number().int().min(1).max(256).optional()
+    .describe('CPU threads per rpc-server (default: llama.cpp default); only used by start'),
+});
+export type ServeSliceInput = z.infer<typeof ServeSliceInput>;
+
+export interface ServeSliceDeps {
+  node: MeshNode;
+  /** Default: ensureLlamaBuild().rpcServer (builds llama.cpp on first use). */
+  rpcServerBin?: string;
+  cacheDir?: string;
+}
+
+const short = (id: string) => `${id.slice(0, 8)}…${id.slice(-6)}`;
+
+/** Holds this agent's one SliceWorker; `tool` is what the LangGraph agent calls. */
+export class ServeSlice {
+  private worker: SliceWorker | undefined;
+  readonly tool;
+
+  constructor(private readonly deps: ServeSliceDeps) {
+    this.tool = tool(async (input: ServeSliceInput) => await this.call(input), {
+      name: 'serve_slice',
+      description:
+        'Serve layer slices of a model to heads that hold an active contract with this machine (the market makes the contracts). ' +
+        'Runs llama.cpp rpc-servers on loopback, reachable only through contract-checked libp2p streams. Returns a one-paragraph status.',
+      schema: ServeSliceInput,
+    });
+  }
+
+  get running(): SliceWorker | undefined {
+    return this.worker;
+  }
+
+  async call(input: ServeSliceInput): Promise<string> {
+    const action = input.action ?? 'start';
+    try {
+      if (action === 'stop') {
+        if (this.worker === undefined) return 'not serving slices';
+        await this.worker.stop();
+        this.worker = undefined;
+        return 'stopped serving slices; rpc-servers shut down';
+      }
+      if (action === 'start' && this.worker === undefined) {
+        const bin = this.deps.rpcServerBin ?? (await ensureLlamaBuild()).rpcServer;
+        this.worker = await SliceWorker.start({ node: this.deps.node, rpcServerBin: bin, threads: input.threads, cacheDir: this.deps.cacheDir });
+      }
+      return await this.describe();
+    } catch (err) {
+      return `serve_slice ${action} failed: ${(err as Error).message.split('\n')[0]}`;
+    }
+  }
+
+  private async describe(): Promise<string> {
+    const me = this.deps.node.peerId.toString();
+    const contracts = await new ContractBook(this.deps.node.store).activeFor({ worker: me });
+    const list = contracts.map((c) => `model ${c.modelSha256.slice(0, 12)} layers [${c.layerStart},${c.layerEnd}) for head ${short(c.head)} until ${new Date(c.expiresAt).toISOString()}`);
+    if (this.worker === undefined) return `not serving slices; ${contracts.length} active contract(s) as worker${list.length ? `: ${list.join('; ')}` : ''}`;
+    const s = this.worker.status();
+    return `serving slices as ${short(me)} on ${s.protocol}: ${contracts.length} active contract(s)${list.length ? ` (${list.join('; ')})` : ''}; ` +
+      `${s.rpcServers.length} rpc-server(s) running, ${s.streams} open stream(s), ${s.refusals} refused attempt(s)` +
+      (this.worker.refusals.length ? `; last refusal: ${this.worker.refusals.at(-1)!.reason}` : '');
+  }
+}
