@@ -223,7 +223,8 @@ export class MeshNode {
         if (host.getConnections().length > 0) { this.scheduleRejoin(1000); return }
         this.log.info('no peers: dialling the bootstrap list again', { retryInMs: delayMs })
         await Promise.allSettled(this.config.bootstrap.map(async (a) => await host.dial(multiaddr(a), { signal: AbortSignal.timeout(5000) })))
-        this.scheduleRejoin(host.getConnections().length > 0 ? 1000 : Math.min(delayMs * 2, 30_000))
+        // Jitter: nodes refused together should not all come back in the same instant.
+        this.scheduleRejoin(host.getConnections().length > 0 ? 1000 : Math.min(delayMs * 2, 30_000) * (0.75 + Math.random() / 2))
       })()
     }, delayMs)
   }
