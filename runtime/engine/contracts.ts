@@ -6,25 +6,9 @@ import type { PrivateKey } from '@libp2p/interface';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { contractId as marketContractId, signContract, verifyContract, type ContractDoc, type SignedContract } from '../../protocols/index.ts';
 import type { Store } from '../store/store.ts';
+import { contractFromRow, type ContractRecord } from '../store/contracts.ts';
 
-export interface Contract {
-  id: string;
-  modelSha256: string;
-  /** PeerId of the head (the pipeline's coordinator, who pays). */
-  head: string;
-  /** PeerId of the worker (who serves layers [layerStart, layerEnd)). */
-  worker: string;
-  layerStart: number;
-  layerEnd: number;
-  price: number;
-  /** Unix ms. */
-  expiresAt: number;
-  /** 'active' is the only status that grants access; the market may use others (proposed, ended, …). */
-  status: string;
-  /** The signed document as the market stored it (opaque to the engine). */
-  document: string;
-  createdAt: number;
-}
+export type Contract = ContractRecord;
 
 export type AccessDecision = { ok: true; contract: Contract } | { ok: false; reason: string };
 
@@ -54,28 +38,13 @@ export const verifyMarketContract: ContractVerifier = async (c) => {
   return mismatch.length === 0 ? true : `row differs from the signed document in ${mismatch.join(', ')}`;
 };
 
-function fromRow(r: Record<string, unknown>): Contract {
-  return {
-    id: r.id as string,
-    modelSha256: r.model_sha256 as string,
-    head: r.head as string,
-    worker: r.worker as string,
-    layerStart: r.layer_start as number,
-    layerEnd: r.layer_end as number,
-    price: r.price as number,
-    expiresAt: r.expires_at as number,
-    status: r.status as string,
-    document: r.document as string,
-    createdAt: r.created_at as number,
-  };
-}
 
 export class ContractBook {
   constructor(private readonly store: Store, private readonly verify?: ContractVerifier) {}
 
   async get(id: string): Promise<Contract | undefined> {
     const r = await this.store.db.get<Record<string, unknown>>('SELECT * FROM contracts WHERE id = ?', [id]);
-    return r === undefined ? undefined : fromRow(r);
+    return r === undefined ? undefined : contractFromRow(r);
   }
 
   /** Active, unexpired contracts between these parties for this model (either side may be left out). */
@@ -86,7 +55,7 @@ export class ContractBook {
     if (q.head !== undefined) { where.push('head = ?'); params.push(q.head); }
     if (q.modelSha256 !== undefined) { where.push('model_sha256 = ?'); params.push(q.modelSha256); }
     const rows = await this.store.db.all<Record<string, unknown>>(`SELECT * FROM contracts WHERE ${where.join(' AND ')} ORDER BY layer_start`, params);
-    return rows.map(fromRow);
+    return rows.map(contractFromRow);
   }
 
   /**

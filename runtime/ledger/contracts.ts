@@ -1,41 +1,16 @@
 import type { Queryable } from '../store/sqlite.ts'
+import { contractFromRow, type ContractTerms } from '../store/contracts.ts'
 
-/**
- * A row of the runtime `contracts` table, which the market layer fills with signed agreements: worker
- * serves layers [layerStart, layerEnd) of a model for head, at `price` credits per million layer-tokens.
- */
-export interface ContractRow {
-  id: string
-  modelSha256: string
-  head: string
-  worker: string
-  layerStart: number
-  layerEnd: number
-  price: number
-  expiresAt: number
-  status: string
-}
+/** What the ledger needs of a contract: its terms (see runtime/store/contracts.ts). */
+export type ContractRow = ContractTerms
 
 /** Statuses under which a contract may still be billed. The market layer owns the vocabulary. */
 export const BILLABLE_STATUSES = ['active']
 
-function fromRow (r: Record<string, unknown>): ContractRow {
-  return {
-    id: r.id as string,
-    modelSha256: r.model_sha256 as string,
-    head: r.head as string,
-    worker: r.worker as string,
-    layerStart: r.layer_start as number,
-    layerEnd: r.layer_end as number,
-    price: r.price as number,
-    expiresAt: r.expires_at as number,
-    status: r.status as string
-  }
-}
 
 export async function getContract (q: Queryable, id: string): Promise<ContractRow | undefined> {
   const r = await q.get<Record<string, unknown>>('SELECT * FROM contracts WHERE id = ?', [id])
-  return r === undefined ? undefined : fromRow(r)
+  return r === undefined ? undefined : contractFromRow(r)
 }
 
 /** The contracts under which `head` can serve a model now, ordered by layer range (the pipeline). */
@@ -43,7 +18,7 @@ export async function billableContracts (q: Queryable, head: string, modelSha256
   const rows = await q.all<Record<string, unknown>>(
     `SELECT * FROM contracts WHERE head = ? AND model_sha256 = ? AND expires_at > ? AND status IN (${BILLABLE_STATUSES.map(() => '?').join(', ')})
      ORDER BY layer_start`, [head, modelSha256, now, ...BILLABLE_STATUSES])
-  return rows.map(fromRow)
+  return rows.map(contractFromRow)
 }
 
 /** For tests and tools that stand in for the market layer. */
