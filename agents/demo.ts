@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fullyPresent, startLocalMesh, stopAll, waitFor } from '../runtime/node/local-mesh.ts'
 import { table } from '../runtime/cli/format.ts'
+import { contractId } from '../protocols/index.ts'
 import { generateTestModel } from '../runtime/engine/test-model.ts'
 import { modelRefFromGguf } from '../skills/assembly/model.ts'
 import type { Assembly } from './clawbot.ts'
@@ -73,7 +74,7 @@ export async function cmdAgentsDemo (opts: { nodes: number, layers: number, prom
 
     console.log('Contracts (signed by both sides, stored in both databases):')
     console.log(table(['LAYERS', 'WORKER', 'PRICE', 'CONTRACT', 'VALID UNTIL'], assembly.contracts.map((c) => [
-      `[${c.doc.start}, ${c.doc.end})`, head.perception.nameOf(c.doc.worker), String(c.doc.price), c.doc.cfpId.slice(0, 10) + '…', new Date(c.doc.serveUntil).toISOString().slice(11, 19)
+      `[${c.doc.start}, ${c.doc.end})`, head.perception.nameOf(c.doc.worker), String(c.doc.price), contractId(c.doc).slice(0, 12), new Date(c.doc.serveUntil).toISOString().slice(11, 19)
     ])))
     const cost = assembly.contracts.reduce((s, c) => s + c.doc.price * (c.doc.end - c.doc.start), 0)
     console.log(`Total: ${Math.round(cost * 100) / 100} credits per million tokens (budget ${Math.round(model.nLayer * 1.35 * 100) / 100}).\n`)
