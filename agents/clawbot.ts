@@ -1,4 +1,5 @@
 import { join } from 'node:path'
+import { expireStaleOffers } from '../skills/market/expiry.ts'
 import { SqliteSaver } from '@langchain/langgraph-checkpoint-sqlite'
 import { coverage, type ModelRef, type SignedContract } from '../protocols/index.ts'
 import { AgentSettingsSchema, type AgentSettings } from '../runtime/config.ts'
@@ -335,21 +336,7 @@ export class ClawBot {
 
   /** Offers nobody answered lapse; an acceptance nobody countersigned lapses after the offer time. */
   private async expireStale (): Promise<void> {
-    const now = Date.now()
-    for (const n of await this.book.negotiations({ status: ['open', 'choosing'] })) {
-      let changed = false
-      for (const t of await this.book.threads(n.cfpId)) {
-        const lapsed = (['proposed', 'countered'].includes(t.status) && t.terms.expiresAt < now) ||
-          (t.status === 'accepted' && t.updatedAt + this.settings.offerTtlMs < now)
-        if (!lapsed) continue
-        await this.book.putThread({ ...t, status: 'expired' })
-        changed = true
-      }
-      if (changed || (n.role === 'worker' && n.cfp.deadline + this.settings.offerTtlMs < now)) {
-        if (n.role === 'worker' && (await this.book.threads(n.cfpId)).length === 0) await this.desk.closeNegotiation(n.cfpId)
-        await this.settle(n.cfpId)
-      }
-    }
+    await expireStaleOffers(this.book, this.desk, this.settings.offerTtlMs, async (cfpId) => { await this.settle(cfpId) })
     await this.syncLifecycle()
   }
 

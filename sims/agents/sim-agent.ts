@@ -1,4 +1,5 @@
 import type { PrivateKey } from '@libp2p/interface'
+import { expireStaleOffers } from '../../skills/market/expiry.ts'
 import type { StructuredToolInterface } from '@langchain/core/tools'
 import { contractId, coverage, type Cfp, type Envelope, type ModelRef, type SignedContract } from '../../protocols/index.ts'
 import { AgentSettingsSchema, type AgentSettings } from '../../runtime/config.ts'
@@ -237,21 +238,7 @@ export class SimAgent {
   }
 
   async expireStale (): Promise<void> {
-    const now = Date.now()
-    for (const n of await this.book.negotiations({ status: ['open', 'choosing'] })) {
-      let changed = false
-      for (const t of await this.book.threads(n.cfpId)) {
-        const lapsed = (['proposed', 'countered'].includes(t.status) && t.terms.expiresAt < now) ||
-          (t.status === 'accepted' && t.updatedAt + this.settings.offerTtlMs < now)
-        if (!lapsed) continue
-        await this.book.putThread({ ...t, status: 'expired' })
-        changed = true
-      }
-      if (changed || (n.role === 'worker' && n.cfp.deadline + this.settings.offerTtlMs < now)) {
-        if (n.role === 'worker' && (await this.book.threads(n.cfpId)).length === 0) await this.desk.closeNegotiation(n.cfpId)
-        await this.settle(n.cfpId)
-      }
-    }
+    await expireStaleOffers(this.book, this.desk, this.settings.offerTtlMs, async (cfpId) => { await this.settle(cfpId) })
   }
 
   /** Coverage complete → assembled; gaps and nothing in play → call for proposals again. */
