@@ -4,6 +4,9 @@ import { DATABASE_FILE, type MeshNode } from '../runtime/node/node.ts'
 import { Store } from '../runtime/store/store.ts'
 import { printJson } from '../runtime/cli/format.ts'
 import { modelRefFromGguf } from '../skills/assembly/model.ts'
+import { ReceiptService } from '../runtime/ledger/service.ts'
+import { startPaidApi } from '../runtime/gateway/serve.ts'
+import type { Gateway } from '../runtime/gateway/server.ts'
 import { ClawBot } from './clawbot.ts'
 import { engineFor } from './engine-runner.ts'
 import { migrateAgentTables } from './migrations.ts'
@@ -27,7 +30,22 @@ export async function cmdTranscripts (home: string, opts: { thread?: string, jso
 /** `clawmesh start`: the node's agent, assembling agent.assemble when the owner configured one. */
 export async function startAgentFor (node: MeshNode): Promise<() => Promise<void>> {
   const engine = await engineFor(node)
+  // Every node cosigns and books receipts (workers sign what they served, bystanders verify balances).
+  const receipts = new ReceiptService(node)
+  receipts.start()
   const bot = await ClawBot.start(node, { runner: engine.runner })
+  // A head with a `gateway` section sells each pipeline it assembles through the paid API.
+  const gateways: Array<Promise<Gateway | undefined>> = []
+  bot.onAssembled((a) => {
+    if (node.config.gateway === undefined || a.pipeline?.url === undefined) return
+    gateways.push(startPaidApi(node, receipts, { url: a.pipeline.url, modelSha256: a.model.sha256, modelName: a.model.name }).then((g) => {
+      console.log(`Paid API for ${a.model.name}: ${g.url}/v1 (clawmesh keys create --credits N makes a key)`)
+      return g
+    }, (err: unknown) => {
+      node.log.warn('the paid API did not start', { error: (err as Error).message })
+      return undefined
+    }))
+  })
   // Serving starts with the first contract as a worker, not at start: it may need a llama.cpp build,
   // which an agent that never sells has no reason to pay for. (The head retries a pipeline that
   // raced a worker's start.)
@@ -49,7 +67,9 @@ export async function startAgentFor (node: MeshNode): Promise<() => Promise<void
     console.log(`Assembling ${model.name} (${model.nLayer} layers) from the mesh.`)
   }
   return async () => {
+    for (const g of await Promise.all(gateways)) await g?.stop()
     await bot.stop()
+    receipts.stop()
     await (await serving)?.()
   }
 }

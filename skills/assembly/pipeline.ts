@@ -4,6 +4,8 @@ import type { ModelRef, SignedContract } from '../../protocols/index.ts'
 export interface Pipeline {
   complete (prompt: string, opts?: { maxTokens?: number }): Promise<string>
   stop (): Promise<void>
+  /** Root URL (without /v1) of the pipeline's OpenAI-compatible server on 127.0.0.1, when it has one: the paid gateway fronts it. */
+  url?: string
 }
 
 /**

@@ -36,6 +36,7 @@ export class EnginePipelineRunner implements PipelineRunner {
         return body.choices[0].text;
       },
       stop: async () => await p.stop(),
+      url: p.url,
     };
   }
 }
