@@ -6,26 +6,10 @@ import {
   type Envelope, type MessageKind, type RejectReason
 } from '../../protocols/index.ts'
 import type { Store } from '../store/store.ts'
+import { TopicTable, type EnvelopeHandler, type ScopeOptions } from './topic-table.ts'
 import type { Logger } from '../log.ts'
 
-export type EnvelopeHandler<B> = (env: Envelope<B>, ctx: { topic: string, scope?: string }) => void | Promise<void>
-
-export interface ScopeOptions<B = unknown> {
-  /** Splits the kind over one topic per scope (e.g. per model); omitted = the kind's one topic. */
-  scope?: string
-  /**
-   * Where the body says which scope it belongs to. When given, an envelope whose body names another
-   * scope than its topic is rejected in the validator, so nobody can smuggle one model's terms into
-   * another model's market.
-   */
-  scopeOf?: (body: B) => string
-}
-
-interface TopicEntry {
-  kind: string
-  scope?: string
-  scopeOf?: (body: unknown) => string
-}
+export type { EnvelopeHandler, ScopeOptions }
 
 export interface GossipStats {
   accepted: Record<string, number>
@@ -40,10 +24,8 @@ export interface GossipStats {
  * handlers see them; rejected ones are counted and logged, never stored.
  */
 export class GossipBus {
-  private readonly kinds = new Map<string, MessageKind>()
-  /** The topics we joined and which kind (and scope) each carries. */
-  private readonly topics = new Map<string, TopicEntry>()
-  private readonly handlers = new Map<string, Array<EnvelopeHandler<unknown>>>()
+  /** The topics we joined, which kind (and scope) each carries, and their handlers. */
+  private readonly table = new TopicTable()
   private readonly replay = new ReplayGuard()
   // The validator has already decoded the message; the 'message' event hands us the same object.
   private readonly decoded = new WeakMap<Message, Envelope>()
@@ -67,19 +49,10 @@ export class GossipBus {
   /** Joins the topic of a message kind (and scope); handlers run for every accepted envelope on it. */
   subscribe<B> (kind: MessageKind<B>, handler?: EnvelopeHandler<B>, opts: ScopeOptions<B> = {}): void {
     const topic = this.topic(kind.kind, opts.scope)
-    const known = this.kinds.get(kind.kind)
-    if (known !== undefined && known !== kind) throw new Error(`two different definitions of message kind ${kind.kind}`)
-    this.kinds.set(kind.kind, kind as MessageKind)
-    if (!this.topics.has(topic)) {
-      this.topics.set(topic, { kind: kind.kind, scope: opts.scope, scopeOf: opts.scopeOf as TopicEntry['scopeOf'] })
+    if (this.table.add(topic, kind, handler, opts)) {
       this.pubsub.topicValidators.set(topic, async (peer, msg) => await this.validate(peer, msg))
       this.scoreTopic(topic)
       this.pubsub.subscribe(topic)
-    }
-    if (handler !== undefined) {
-      const list = this.handlers.get(topic) ?? []
-      list.push(handler as EnvelopeHandler<unknown>)
-      this.handlers.set(topic, list)
     }
   }
 
@@ -91,8 +64,7 @@ export class GossipBus {
   /** Leaves a topic and drops its handlers (a model the agent no longer trades). */
   unsubscribe (kind: MessageKind, opts: { scope?: string } = {}): void {
     const topic = this.topic(kind.kind, opts.scope)
-    if (!this.topics.delete(topic)) return
-    this.handlers.delete(topic)
+    if (!this.table.remove(topic)) return
     this.pubsub.topicValidators.delete(topic)
     this.pubsub.unsubscribe(topic)
   }
@@ -114,7 +86,7 @@ export class GossipBus {
 
   stop (): void {
     this.pubsub.removeEventListener('message', this.onMessage)
-    for (const topic of this.topics.keys()) this.pubsub.topicValidators.delete(topic)
+    for (const topic of this.table.joined()) this.pubsub.topicValidators.delete(topic)
   }
 
   /**
@@ -149,12 +121,8 @@ export class GossipBus {
   private async validate (relayedBy: PeerId, msg: Message): Promise<TopicValidatorResult> {
     try {
       if (msg.type !== 'signed') throw new EnvelopeRejected('malformed', 'gossipsub message is unsigned')
-      const env = await openEnvelope(msg.data, { networkId: this.networkId, kinds: this.kinds, signer: msg.from.toString() })
-      const entry = this.topics.get(msg.topic)
-      if (entry?.kind !== env.kind) throw new EnvelopeRejected('malformed', `a ${env.kind} envelope on topic ${msg.topic}`)
-      if (entry.scopeOf !== undefined && entry.scopeOf(env.body) !== entry.scope) {
-        throw new EnvelopeRejected('malformed', `a ${env.kind} envelope for scope ${entry.scopeOf(env.body)} on topic ${msg.topic}`)
-      }
+      const env = await openEnvelope(msg.data, { networkId: this.networkId, kinds: this.table.kinds, signer: msg.from.toString() })
+      this.table.checkTopic(msg.topic, env)
       if (!this.replay.admit(env.from, env.id, env.exp)) throw new EnvelopeRejected('replayed', `envelope ${env.id} from ${env.from} was already seen`)
       this.decoded.set(msg, env)
       return TopicValidatorResult.Accept
@@ -186,8 +154,8 @@ export class GossipBus {
       this.log.error('could not store an accepted message', { kind: env.kind, error: (err as Error).message })
       return
     }
-    const scope = this.topics.get(msg.topic)?.scope
-    for (const handler of this.handlers.get(msg.topic) ?? []) {
+    const scope = this.table.scopeOf(msg.topic)
+    for (const handler of this.table.handlersFor(msg.topic)) {
       try {
         await handler(env, { topic: msg.topic, scope })
       } catch (err) {

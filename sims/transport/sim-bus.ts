@@ -3,7 +3,8 @@ import {
   EnvelopeRejected, MAX_CLOCK_SKEW_MS, REJECT_REASONS, ReplayGuard, encodeEnvelope, openEnvelope, sealEnvelope, topicFor, toBase64Url,
   type Envelope, type MessageKind, type RejectReason
 } from '../../protocols/index.ts'
-import type { EnvelopeHandler, GossipStats, ScopeOptions } from '../../runtime/node/gossip.ts'
+import type { GossipStats } from '../../runtime/node/gossip.ts'
+import { TopicTable, type EnvelopeHandler, type ScopeOptions } from '../../runtime/node/topic-table.ts'
 import type { SimClock } from '../core/clock.ts'
 import type { Rng } from '../core/rng.ts'
 
@@ -174,12 +175,9 @@ export class SimNetwork {
   }
 }
 
-interface TopicEntry { kind: string, scope?: string, scopeOf?: (body: unknown) => string }
-
 export class SimBus {
-  readonly kinds = new Map<string, MessageKind>()
-  private readonly topics = new Map<string, TopicEntry>()
-  private readonly handlers = new Map<string, Array<EnvelopeHandler<unknown>>>()
+  private readonly table = new TopicTable()
+  get kinds (): ReadonlyMap<string, MessageKind> { return this.table.kinds }
   private replay = new ReplayGuard()
   private readonly stats: GossipStats = { accepted: {}, published: {}, rejected: Object.fromEntries(REJECT_REASONS.map((r) => [r, 0])) as Record<RejectReason, number> }
   /** Crashed or departed agents neither send nor receive. */
@@ -199,24 +197,12 @@ export class SimBus {
 
   subscribe<B> (kind: MessageKind<B>, handler?: EnvelopeHandler<B>, opts: ScopeOptions<B> = {}): void {
     const topic = this.topic(kind.kind, opts.scope)
-    const known = this.kinds.get(kind.kind)
-    if (known !== undefined && known !== kind) throw new Error(`two different definitions of message kind ${kind.kind}`)
-    this.kinds.set(kind.kind, kind as MessageKind)
-    if (!this.topics.has(topic)) {
-      this.topics.set(topic, { kind: kind.kind, scope: opts.scope, scopeOf: opts.scopeOf as TopicEntry['scopeOf'] })
-      this.network.join(topic, this)
-    }
-    if (handler !== undefined) {
-      const list = this.handlers.get(topic) ?? []
-      list.push(handler as EnvelopeHandler<unknown>)
-      this.handlers.set(topic, list)
-    }
+    if (this.table.add(topic, kind, handler, opts)) this.network.join(topic, this)
   }
 
   unsubscribe (kind: MessageKind, opts: { scope?: string } = {}): void {
     const topic = this.topic(kind.kind, opts.scope)
-    if (!this.topics.delete(topic)) return
-    this.handlers.delete(topic)
+    if (!this.table.remove(topic)) return
     this.network.leave(topic, this)
   }
 
@@ -252,14 +238,12 @@ export class SimBus {
   /** Validation and delivery, as GossipBus.validate + deliver. */
   async receive (from: string, topic: string, bytes: Uint8Array): Promise<void> {
     if (!this.online) return
-    const entry = this.topics.get(topic)
-    if (entry === undefined) return
+    if (!this.table.has(topic)) return
     const now = this.network.clock.now()
     let env: Envelope
     try {
       env = await this.network.open(bytes, this, from)
-      if (entry.kind !== env.kind) throw new EnvelopeRejected('malformed', `a ${env.kind} envelope on topic ${topic}`)
-      if (entry.scopeOf !== undefined && entry.scopeOf(env.body) !== entry.scope) throw new EnvelopeRejected('malformed', `a ${env.kind} envelope for another scope on ${topic}`)
+      this.table.checkTopic(topic, env)
       if (!this.replay.admit(env.from, env.id, env.exp, now)) throw new EnvelopeRejected('replayed', `envelope ${env.id} from ${env.from} was already seen`)
     } catch (err) {
       if (!(err instanceof EnvelopeRejected)) throw err
@@ -275,9 +259,9 @@ export class SimBus {
       if (list.length > 50) list.shift()
       this.heard.set(env.from, list)
     }
-    for (const handler of this.handlers.get(topic) ?? []) {
+    for (const handler of this.table.handlersFor(topic)) {
       try {
-        await handler(env, { topic, scope: entry.scope })
+        await handler(env, { topic, scope: this.table.scopeOf(topic) })
       } catch (err) {
         this.network.handlerErrors.push(`${env.kind}: ${(err as Error).message}`.slice(0, 300))
       }
