@@ -86,6 +86,7 @@ export class ClawBot {
   private snapshotWrite: Promise<void> = Promise.resolve()
   private readonly assembledListeners = new Set<(a: Assembly) => void>()
   private readonly contractListeners = new Set<(c: SignedContract, role: 'head' | 'worker') => void>()
+  private readonly brokenListeners = new Set<(model: ModelRef, worker: string) => void>()
   private readonly log: Logger
   graph!: AgentGraph
   brain!: Brain
@@ -195,6 +196,12 @@ export class ClawBot {
   onAssembled (listener: (a: Assembly) => void): () => void {
     this.assembledListeners.add(listener)
     return () => this.assembledListeners.delete(listener)
+  }
+
+  /** A head's assembly fell apart (a worker left): its pipeline is stopped and the range is bought again. */
+  onBroken (listener: (model: ModelRef, worker: string) => void): () => void {
+    this.brokenListeners.add(listener)
+    return () => this.brokenListeners.delete(listener)
   }
 
   /** Every contract this agent signs or receives countersigned (a worker starts serving on its first). */
@@ -358,6 +365,7 @@ export class ClawBot {
         goal.assembled = undefined
         goal.calls = 0
         goal.pipelineFailures = 0
+        for (const l of this.brokenListeners) l(goal.model, c.signed.doc.worker)
       }
     }
     await this.syncLifecycle()

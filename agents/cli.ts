@@ -8,6 +8,7 @@ import { ReceiptService } from '../runtime/ledger/service.ts'
 import { startPaidApi } from '../runtime/gateway/serve.ts'
 import type { Gateway } from '../runtime/gateway/server.ts'
 import { ClawBot } from './clawbot.ts'
+import type { Brain } from './brains/providers.ts'
 import { engineFor } from './engine-runner.ts'
 import { migrateAgentTables } from './migrations.ts'
 import { formatTranscript, loadTranscripts } from './transcript.ts'
@@ -27,18 +28,37 @@ export async function cmdTranscripts (home: string, opts: { thread?: string, jso
   }
 }
 
-/** `clawmesh start`: the node's agent, assembling agent.assemble when the owner configured one. */
-export async function startAgentFor (node: MeshNode): Promise<() => Promise<void>> {
+/** A node's running agent as `clawmesh start` wires it: the ClawBot, its receipts and its paid APIs. */
+export interface RunningAgent {
+  bot: ClawBot
+  receipts: ReceiptService
+  /** The paid APIs started so far (one per assembled pipeline, on a head with a gateway section). */
+  gateways: () => Promise<Gateway[]>
+  stop: () => Promise<void>
+}
+
+/**
+ * `clawmesh start`: the node's agent, assembling agent.assemble when the owner configured one.
+ * `brain` overrides the configured LLM (the simulator's adversaries bring their own).
+ */
+export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {}): Promise<RunningAgent> {
   const engine = await engineFor(node)
   // Every node cosigns and books receipts (workers sign what they served, bystanders verify balances).
   const receipts = new ReceiptService(node)
   receipts.start()
-  const bot = await ClawBot.start(node, { runner: engine.runner })
-  // A head with a `gateway` section sells each pipeline it assembles through the paid API.
-  const gateways: Array<Promise<Gateway | undefined>> = []
+  const bot = await ClawBot.start(node, { runner: engine.runner, brain: opts.brain })
+  // A head with a `gateway` section sells each model it assembles through the paid API: one gateway
+  // per model, kept across re-assemblies (clients keep their URL), pointed at the current pipeline.
+  const gateways = new Map<string, Promise<Gateway | undefined>>()
   bot.onAssembled((a) => {
     if (node.config.gateway === undefined || a.pipeline?.url === undefined) return
-    gateways.push(startPaidApi(node, receipts, { url: a.pipeline.url, modelSha256: a.model.sha256, modelName: a.model.name }).then((g) => {
+    const url = a.pipeline.url
+    const running = gateways.get(a.model.sha256)
+    if (running !== undefined) {
+      void running.then((g) => { g?.retarget(url) })
+      return
+    }
+    gateways.set(a.model.sha256, startPaidApi(node, receipts, { url, modelSha256: a.model.sha256, modelName: a.model.name }).then((g) => {
       console.log(`Paid API for ${a.model.name}: ${g.url}/v1 (clawmesh keys create --credits N makes a key)`)
       return g
     }, (err: unknown) => {
@@ -46,6 +66,7 @@ export async function startAgentFor (node: MeshNode): Promise<() => Promise<void
       return undefined
     }))
   })
+  bot.onBroken((model) => { void gateways.get(model.sha256)?.then((g) => { g?.retarget(undefined) }) })
   // Serving starts with the first contract as a worker, not at start: it may need a llama.cpp build,
   // which an agent that never sells has no reason to pay for. (The head retries a pipeline that
   // raced a worker's start.)
@@ -66,10 +87,15 @@ export async function startAgentFor (node: MeshNode): Promise<() => Promise<void
     await bot.assemble(model)
     console.log(`Assembling ${model.name} (${model.nLayer} layers) from the mesh.`)
   }
-  return async () => {
-    for (const g of await Promise.all(gateways)) await g?.stop()
-    await bot.stop()
-    receipts.stop()
-    await (await serving)?.()
+  return {
+    bot,
+    receipts,
+    gateways: async () => (await Promise.all(gateways.values())).filter((g): g is Gateway => g !== undefined),
+    stop: async () => {
+      for (const g of await Promise.all(gateways.values())) await g?.stop()
+      await bot.stop()
+      receipts.stop()
+      await (await serving)?.()
+    }
   }
 }

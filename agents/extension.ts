@@ -33,7 +33,7 @@ const extension: CliExtension = {
 
   async onStart (node: MeshNode) {
     const { startAgentFor } = await import('./cli.ts')
-    return await startAgentFor(node)
+    return (await startAgentFor(node)).stop
   }
 }
 

@@ -12,8 +12,10 @@ import { EXTERNAL_TOPUP, agentAccount, allBalances, appendTransfers, conservatio
 import { SimClock, installSimTime } from './core/clock.ts'
 import { Rng } from './core/rng.ts'
 import { SimNetwork, type NetworkStats, type SimBus } from './transport/sim-bus.ts'
-import { SimAgent, type Adversary } from './agents/sim-agent.ts'
+import { SimAgent } from './agents/sim-agent.ts'
+import type { Adversary } from './roster.ts'
 import { DEFAULT_PROFILES, type Scenario } from './scenario.ts'
+import { castScenario } from './roster.ts'
 
 const MINUTE = 60_000
 const HOUR = 60 * MINUTE
@@ -144,39 +146,14 @@ export async function runScenario (s: Scenario, opts: RunOptions = {}): Promise<
       onInjectionSeen: (_a: SimAgent, followed: boolean) => { m.injection.attempts++; if (followed) m.injection.followedByBrain++ }
     }
 
-    // Roles: heads first, then adversaries, then honest workers.
-    const special: Array<{ adversary?: Adversary, head?: boolean }> = []
-    for (let i = 0; i < s.heads.count; i++) special.push({ head: true })
-    for (let i = 0; i < s.adversaries.dumpers; i++) special.push({ adversary: 'dumper' })
-    for (let i = 0; i < s.adversaries.injectors; i++) special.push({ adversary: 'injector', head: i % 2 === 0 })
-    for (let i = 0; i < s.adversaries.forgers; i++) special.push({ adversary: 'forger' })
-    for (let i = 0; i < s.adversaries.cartel.members; i++) special.push({ adversary: 'cartel' })
-    const meanMarkup = (s.owners.floorMarkup[0] + s.owners.floorMarkup[1]) / 2
     const pRng = rng.fork()
     const gRng = rng.fork()
     const rows: AgentRow[] = []
-    // Workers get the hardware mix exactly (largest remainder), in a seeded random order.
-    const nHeads = special.filter((r) => r.head === true).length
-    const mixNames = Object.keys(s.agents.mix).filter((k) => s.agents.mix[k] > 0)
-    const mixTotal = mixNames.reduce((n, k) => n + s.agents.mix[k], 0)
-    const quota = mixNames.map((k) => ({ k, exact: (nAgents - nHeads) * s.agents.mix[k] / mixTotal }))
-    const deck: string[] = quota.flatMap((q) => Array<string>(Math.floor(q.exact)).fill(q.k))
-    for (const q of [...quota].sort((a, b) => (b.exact % 1) - (a.exact % 1))) if (deck.length < nAgents - nHeads) deck.push(q.k)
-    for (let i = deck.length - 1; i > 0; i--) { const j = pRng.int(0, i + 1); [deck[i], deck[j]] = [deck[j], deck[i]] }
-    for (let i = 0; i < nAgents; i++) {
-      const role = special[i] ?? {}
-      const isHead = role.head === true
-      const profileName = isHead ? 'big-gpu' : deck.pop()!
-      const profile = profiles[profileName]
-      const markup = pRng.uniform(s.owners.floorMarkup[0], s.owners.floorMarkup[1])
-      let floor = Math.round(profile.costPerLayer * markup)
-      if (role.adversary === 'dumper') floor = Math.round(profile.costPerLayer * s.adversaries.dumpFactor)
-      if (role.adversary === 'cartel' && opts.cartelHonest !== true) floor = Math.round(profile.costPerLayer * meanMarkup * s.adversaries.cartel.floorMultiple)
-      const hours = s.owners.hours !== undefined && !isHead && role.adversary === undefined && pRng.chance(s.owners.hours.share) ? { from: s.owners.hours.from, to: s.owners.hours.to } : undefined
-      const injectorHead = role.adversary === 'injector' && isHead
+    for (const member of castScenario(s, nAgents, pRng, { cartelHonest: opts.cartelHonest })) {
+      const { index: i, head: isHead, adversary, profileName, profile, floor, hours, name } = member
+      const injectorHead = adversary === 'injector' && isHead
       const { key, id } = await makeKey()
       const bus = network.bus(key, id)
-      const name = `${isHead ? 'head' : role.adversary ?? profileName}-${i}`
       const agent = new SimAgent({
         index: i, name, key, peerId: id, bus, clock, profileName, profile, floor,
         settings: {
@@ -194,14 +171,14 @@ export async function runScenario (s: Scenario, opts: RunOptions = {}): Promise<
         serveForMs: s.heads.serveForMinutes * MINUTE,
         maxCalls: s.heads.maxCalls,
         head: isHead,
-        adversary: role.adversary,
-        gullible: role.adversary === undefined && gRng.chance(s.adversaries.gullibleShare),
+        adversary,
+        gullible: adversary === undefined && gRng.chance(s.adversaries.gullibleShare),
         hooks
       })
       agent.book.onSaved = (cid, signed) => { register(cid, signed) }
       agents.push(agent)
       byId.set(id, agent)
-      rows.push({ name, peerId: id, profile: profileName, role: isHead ? 'head' : 'worker', adversary: role.adversary, gullible: agent.o.gullible, floor, earned: 0, contracts: 0 })
+      rows.push({ name, peerId: id, profile: profileName, role: isHead ? 'head' : 'worker', adversary, gullible: agent.o.gullible, floor, earned: 0, contracts: 0 })
     }
     const rowOf = new Map(rows.map((r) => [r.peerId, r]))
     m.injection.injectors = s.adversaries.injectors

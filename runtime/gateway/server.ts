@@ -61,7 +61,21 @@ export class Gateway {
   upstreamRequests = 0
   private readonly createdS = Math.floor(Date.now() / 1000)
 
-  constructor (private readonly o: GatewayOptions) {}
+  /** Where requests go now; undefined while the head re-assembles its pipeline (503, nothing held). */
+  private upstream: string | undefined
+
+  constructor (private readonly o: GatewayOptions) {
+    this.upstream = o.upstream
+  }
+
+  /**
+   * Points the API at a new pipeline (the head re-assembled after a worker left), or at none while it
+   * re-assembles. Clients keep their URL and keys; contracts are re-read at once.
+   */
+  retarget (upstream: string | undefined): void {
+    this.upstream = upstream
+    this.contractCache = undefined
+  }
 
   get url (): string {
     const addr = this.server?.address() as AddressInfo | null | undefined
@@ -147,6 +161,7 @@ export class Gateway {
     }
     if (typeof body.n === 'number' && body.n !== 1) throw badRequest('only n = 1 is supported', 'n')
 
+    if (this.upstream === undefined) throw unavailable(`${this.o.modelName} is being re-assembled; try again shortly`)
     const contracts = await this.contracts()
     if (contracts.length === 0) throw unavailable(`no active contracts serve ${this.o.modelName} right now`)
     const fee = this.o.networkFeePerMTok ?? 0
@@ -235,8 +250,10 @@ export class Gateway {
     res.on('close', () => { if (!res.writableFinished) abort.abort() })
     let upstream: Response
     this.upstreamRequests++
+    const base = this.upstream
+    if (base === undefined) throw unavailable(`${this.o.modelName} is being re-assembled; try again shortly`)
     try {
-      upstream = await fetch(this.o.upstream + path, {
+      upstream = await fetch(base + path, {
         method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: abort.signal
       })
     } catch (err) {

@@ -17,7 +17,8 @@ import type { SimBus } from '../transport/sim-bus.ts'
 import type { HardwareProfile } from '../scenario.ts'
 import { MemoryBook } from './memory-book.ts'
 
-export type Adversary = 'dumper' | 'injector' | 'forger' | 'cartel'
+import type { Adversary } from '../roster.ts'
+export type { Adversary }
 
 export const INJECTION_MARK = 'SYSTEM OVERRIDE'
 export const INJECTIONS = [
