@@ -91,11 +91,15 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
     bot,
     receipts,
     gateways: async () => (await Promise.all(gateways.values())).filter((g): g is Gateway => g !== undefined),
+    // Every part stops even when another fails (after a crash the node's database may be closed).
     stop: async () => {
-      for (const g of await Promise.all(gateways.values())) await g?.stop()
-      await bot.stop()
-      receipts.stop()
-      await (await serving)?.()
+      const errors: unknown[] = []
+      const step = async (f: () => unknown): Promise<void> => { try { await f() } catch (err) { errors.push(err) } }
+      for (const g of gateways.values()) await step(async () => { await (await g)?.stop() })
+      await step(async () => { await bot.stop() })
+      await step(() => { receipts.stop() })
+      await step(async () => { await (await serving)?.() })
+      if (errors.length > 0) throw new AggregateError(errors, `stopping the agent of ${node.config.name}: ${errors.map((e) => (e as Error).message).join('; ')}`)
     }
   }
 }

@@ -12,9 +12,17 @@ const extension: CliExtension = {
       .option('--seed <n>', 'random seed (default: the scenario\'s)', (v) => Number.parseInt(v, 10))
       .option('--agents <n>', 'override the number of agents', (v) => Number.parseInt(v, 10))
       .option('--quiet', 'no progress lines')
-      .action(async (scenario: string, opts: { out?: string, seed?: number, agents?: number, quiet?: boolean }) => {
-        const { simCommand, summary } = await import('./cli.ts')
-        const { dir, metrics } = await simCommand(scenario, opts)
+      .option('--transport <kind>', 'sim: in-process bus on a simulated clock (any size); libp2p: real ClawBots on 127.0.0.1 (at most 20)', 'sim')
+      .option('--demand-seconds <n>', 'libp2p: seconds of outside demand after the model is assembled', (v) => Number.parseInt(v, 10))
+      .action(async (scenario: string, opts: { out?: string, seed?: number, agents?: number, quiet?: boolean, transport: string, demandSeconds?: number }) => {
+        const { simCommand, summary, meshSimCommand, meshSummary } = await import('./cli.ts')
+        if (opts.transport === 'libp2p') {
+          const { dir, metrics } = await meshSimCommand(scenario, opts as typeof opts & { transport: 'libp2p' })
+          process.stdout.write(`${meshSummary(metrics)}\nreport: ${dir}/report.md\n`)
+          process.exit(0)
+        }
+        if (opts.transport !== 'sim') throw new Error(`--transport must be sim or libp2p, not ${opts.transport}`)
+        const { dir, metrics } = await simCommand(scenario, opts as typeof opts & { transport: 'sim' })
         process.stdout.write(`${summary(metrics)}\nreport: ${dir}/report.md\n`)
       })
   }

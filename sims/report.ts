@@ -4,11 +4,11 @@ import type { SimMetrics } from './world.ts'
 import type { Scenario } from './scenario.ts'
 
 /** Minimal SVG charts, written by hand (no chart library). */
-interface Series { name: string, points: Array<[number, number]>, color: string }
+export interface Series { name: string, points: Array<[number, number]>, color: string }
 
-const COLORS = ['#2563eb', '#dc2626', '#16a34a', '#9333ea', '#ea580c', '#0891b2']
+export const COLORS = ['#2563eb', '#dc2626', '#16a34a', '#9333ea', '#ea580c', '#0891b2']
 const esc = (s: string): string => s.replace(/[<>&"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', '"': '&quot;' }[c]!))
-const fmt = (x: number): string => Math.abs(x) >= 1e6 ? `${(x / 1e6).toFixed(1)}M` : Math.abs(x) >= 1e3 ? `${(x / 1e3).toFixed(1)}k` : Number.isInteger(x) ? String(x) : x.toFixed(2)
+export const fmt = (x: number): string => Math.abs(x) >= 1e6 ? `${(x / 1e6).toFixed(1)}M` : Math.abs(x) >= 1e3 ? `${(x / 1e3).toFixed(1)}k` : Number.isInteger(x) ? String(x) : x.toFixed(2)
 
 export function lineChart (title: string, xLabel: string, yLabel: string, series: Series[], opts: { yMin?: number, yMax?: number, xMax?: number } = {}): string {
   const W = 640; const H = 320; const L = 64; const R = 16; const T = 36; const B = 44

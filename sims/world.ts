@@ -16,6 +16,7 @@ import { SimAgent } from './agents/sim-agent.ts'
 import type { Adversary } from './roster.ts'
 import { DEFAULT_PROFILES, type Scenario } from './scenario.ts'
 import { castScenario } from './roster.ts'
+import { gini } from './lib/stats.ts'
 
 const MINUTE = 60_000
 const HOUR = 60 * MINUTE
@@ -543,17 +544,6 @@ export async function runScenario (s: Scenario, opts: RunOptions = {}): Promise<
   } finally {
     time.restore()
   }
-}
-
-/** Gini coefficient of non-negative values (0 = equal, 1 = one holds everything). */
-export function gini (values: number[]): number {
-  const xs = values.filter((x) => x >= 0).sort((a, b) => a - b)
-  const n = xs.length
-  const sum = xs.reduce((a, b) => a + b, 0)
-  if (n === 0 || sum === 0) return 0
-  let acc = 0
-  xs.forEach((x, i) => { acc += (2 * (i + 1) - n - 1) * x })
-  return acc / (n * sum)
 }
 
 function round (x: number, digits = 2): number {

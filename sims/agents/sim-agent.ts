@@ -16,8 +16,8 @@ import type { SimClock, Timer } from '../core/clock.ts'
 import type { SimBus } from '../transport/sim-bus.ts'
 import type { HardwareProfile } from '../scenario.ts'
 import { MemoryBook } from './memory-book.ts'
-
 import type { Adversary } from '../roster.ts'
+
 export type { Adversary }
 
 export const INJECTION_MARK = 'SYSTEM OVERRIDE'

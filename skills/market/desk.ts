@@ -189,6 +189,8 @@ export class MarketDesk {
     const id = await this.book.saveContract(signed)
     await this.book.putThread({ ...thread, status: 'contracted' })
     await this.send(ContractKind, { cfpId, model: n.model, to: peer, contract: signed, text })
+    // The side that countersigns holds the contract now too (a worker starts serving on it).
+    this.listener({ type: 'contracted', cfpId, peer, contractId: id })
     return { id, signed }
   }
 

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import { loadScenario, parseScenario } from '../../sims/scenario.ts'
-import { gini, runScenario, type SimMetrics } from '../../sims/world.ts'
+import { runScenario, type SimMetrics } from '../../sims/world.ts'
+import { gini } from '../../sims/lib/stats.ts'
 import { writeReport } from '../../sims/report.ts'
 import { mkdtempSync, readFileSync, existsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
