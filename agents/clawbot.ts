@@ -34,8 +34,10 @@ export interface ClawBotOptions {
   departAfterMs?: number
   /** How long contracts bind (default one hour). */
   serveForMs?: number
-  /** Calls for proposals a head makes for one model before giving up (default 8). */
+  /** Calls for proposals a head makes for one model before it rests (default 8). */
   maxCalls?: number
+  /** How long a head rests after maxCalls calls without full coverage, before calling again (default 60 s). */
+  callRestMs?: number
 }
 
 export interface Assembly {
@@ -56,6 +58,8 @@ interface Goal {
   /** Failed pipeline starts, and when to try again (workers may still be starting their servers). */
   pipelineFailures: number
   retryAt: number
+  /** Out of calls: no new call before then (0: not resting). */
+  restUntil: number
 }
 
 /** Pipeline starts tried per coverage before the head gives up (and says why in its assembly). */
@@ -189,7 +193,7 @@ export class ClawBot {
 
   private adoptGoal (model: ModelRef & { path?: string }): void {
     this.goalModels.set(model.sha256, model)
-    if (!this.goals.has(model.sha256)) this.goals.set(model.sha256, { model, calls: 0, starting: false, since: Date.now(), pipelineFailures: 0, retryAt: 0 })
+    if (!this.goals.has(model.sha256)) this.goals.set(model.sha256, { model, calls: 0, starting: false, since: Date.now(), pipelineFailures: 0, retryAt: 0, restUntil: 0 })
     this.desk.watchModel(model.sha256)
   }
 
@@ -392,9 +396,15 @@ export class ClawBot {
     const missing = coverage(held.ranges, goal.model.nLayer).gaps
     if (missing.length === 0) return
     if (goal.calls >= (this.opts.maxCalls ?? 8)) {
-      if (goal.calls === (this.opts.maxCalls ?? 8)) this.log.warn('giving up on assembling a model', { model: goal.model.name, missing })
-      goal.calls++
-      return
+      // Out of calls: rest, then try again (workers come and go; a long-lived agent must not give up for good).
+      const restMs = this.opts.callRestMs ?? 60_000
+      if (goal.restUntil === 0) {
+        goal.restUntil = Date.now() + restMs
+        this.log.warn('no full coverage after the allowed calls; resting before trying again', { model: goal.model.name, missing, restS: Math.round(restMs / 1000) })
+      }
+      if (Date.now() < goal.restUntil) return
+      goal.calls = 0
+      goal.restUntil = 0
     }
     goal.calls++
     this.enqueue({ type: 'assemble', model: sha, missing })

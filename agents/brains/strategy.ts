@@ -30,9 +30,26 @@ export function decide (o: Observation): { moves: Move[], note: string } {
     case 'cfp': return proposeFor(o)
     case 'deadline': return choose(o)
     case 'counter': return o.role === 'worker' ? answerAsWorker(o, o.event.peer) : answerAsHead(o, o.event.peer)
-    case 'accepted': return { moves: [{ tool: 'sign_contract', args: { peer: o.event.peer, text: say('Agreed; I have countersigned the contract.') } }], note: say('They accepted; countersigning.') }
+    case 'accepted': return countersign(o, o.event.peer)
     case 'rejected': return { moves: [], note: say('They walked away; nothing to do in this thread.') }
   }
+}
+
+/**
+ * They accepted: countersign, unless (as a worker) the deal no longer fits. Offers go out to several
+ * heads at once, and another head's acceptance may have taken the memory or the last deal slot in the
+ * meantime; then say so at once, rather than let the head wait for the offer to lapse.
+ */
+function countersign (o: Observation, peer: string): { moves: Move[], note: string } {
+  if (o.role === 'worker') {
+    // This acceptance is already counted among the commitments.
+    const over = o.committedBytes - o.bounds.lendableBytes
+    if (o.deals > o.bounds.maxDeals || over > 0) {
+      const reason = o.deals > o.bounds.maxDeals ? `I now hold ${o.deals - 1} deals, my owner's limit` : 'my memory went to another deal in the meantime'
+      return { moves: [{ tool: 'reject', args: { peer, reason, text: say(`Sorry, I can no longer take this: ${reason}.`) } }], note: say('Accepted too late; declining.') }
+    }
+  }
+  return { moves: [{ tool: 'sign_contract', args: { peer, text: say('Agreed; I have countersigned the contract.') } }], note: say('They accepted; countersigning.') }
 }
 
 function callForProposals (o: Observation, missing: LayerRange[]): { moves: Move[], note: string } {

@@ -26,6 +26,8 @@ export interface MeshRunOptions {
   /** Seconds of outside demand after the first head is assembled (default 40). */
   demandSeconds?: number
   progress?: (line: string) => void
+  /** Keep the nodes' homes (databases, transcripts) instead of deleting them; their folder is in the metrics. */
+  keepHomes?: boolean
   /** Log level of the nodes (default silent; their logs go to stderr). */
   logLevel?: LogLevel
 }
@@ -374,7 +376,8 @@ export async function runMeshScenario (s: Scenario, opts: MeshRunOptions = {}): 
   } finally {
     for (const p of parts) if (!p.crashed) await p.agent?.stop().catch(() => {})
     await stopAll(parts.filter((p) => !p.crashed).map((p) => p.node))
-    await rm(root, { recursive: true, force: true })
+    if (opts.keepHomes === true) log(`homes kept in ${root} (clawmesh transcripts --home ${root}/<agent>)`)
+    else await rm(root, { recursive: true, force: true })
   }
 }
 
