@@ -29,6 +29,11 @@ export const ReceiptSchema = z.object({
   seq: z.number().int().positive(),
   /** Tokens that went through the worker's layers (prompt and generated). */
   tokens: z.number().int().positive(),
+  /**
+   * Tokens billed on this contract by its earlier receipts (seq 1..seq-1). Amounts are rounded on the
+   * running total, so a contract's receipts add up to its whole usage rounded once, not once per request.
+   */
+  prior: z.number().int().nonnegative(),
   layers: z.number().int().positive().max(10_000),
   modelHash: hashSchema,
   /** Credits per million layer-tokens, as agreed in the contract. */
@@ -65,12 +70,19 @@ export function receiptId (r: Receipt): string {
   return createHash('sha256').update(canonicalBytes(r)).digest('hex')
 }
 
+/** Whole credits that `tokens` through `layers` at `price` per million layer-tokens are worth, rounded down. */
+export function creditsFor (tokens: number, layers: number, price: number): number {
+  return Math.floor(tokens * layers * price / 1e6)
+}
+
 /**
- * Credits a receipt is worth, in whole credits (the ledger keeps integers). Rounded down: a worker is
- * never paid more than the contract says, and the head charges users the same rounded figure.
+ * Credits a receipt is worth, in whole credits (the ledger keeps integers): what the contract's usage
+ * is worth after it minus what it was worth before it, both rounded down. A worker is never paid more
+ * than the contract says, and small requests are not rounded away one by one: over a contract the
+ * receipts add up to its whole usage rounded down once. Any peer can recompute it from the receipt.
  */
-export function receiptAmount (r: Pick<Receipt, 'tokens' | 'layers' | 'price'>): number {
-  return Math.floor(r.tokens * r.layers * r.price / 1e6)
+export function receiptAmount (r: Pick<Receipt, 'tokens' | 'layers' | 'price' | 'prior'>): number {
+  return creditsFor(r.prior + r.tokens, r.layers, r.price) - creditsFor(r.prior, r.layers, r.price)
 }
 
 function workerBytes (r: Receipt): Uint8Array {

@@ -92,6 +92,8 @@ interface ContractState {
   at: number
   status: 'active' | 'ended' | 'broken'
   unsettled: number
+  /** Tokens billed by earlier receipts (a receipt's `prior`). */
+  billed: number
   seq: number
 }
 
@@ -190,7 +192,7 @@ export async function runScenario (s: Scenario, opts: RunOptions = {}): Promise<
     function register (cid: string, signed: SignedContract): void {
       if (contracts.has(cid)) return
       const d = signed.doc
-      contracts.set(cid, { id: cid, signed, at: clock.now(), status: 'active', unsettled: 0, seq: 0 })
+      contracts.set(cid, { id: cid, signed, at: clock.now(), status: 'active', unsettled: 0, billed: 0, seq: 0 })
       const b = bucket(clock.now())
       b.contracts++
       b.layers += d.end - d.start
@@ -281,8 +283,11 @@ export async function runScenario (s: Scenario, opts: RunOptions = {}): Promise<
       const d = c.signed.doc
       const head = byId.get(d.head)!
       if (!head.online) return
-      const receipt: Receipt = { contract: c.id, seq: ++c.seq, tokens: Math.round(c.unsettled), layers: d.end - d.start, modelHash: d.model, price: d.price, head: d.head, worker: d.worker, ts: clock.now() }
+      const tokens = Math.round(c.unsettled)
+      if (tokens <= 0) return
+      const receipt: Receipt = { contract: c.id, seq: ++c.seq, tokens, prior: c.billed, layers: d.end - d.start, modelHash: d.model, price: d.price, head: d.head, worker: d.worker, ts: clock.now() }
       c.unsettled = 0
+      c.billed += tokens
       await head.o.bus.publish(ReceiptProposalKind, receipt)
     }
     clock.every(s.settleEveryMinutes * MINUTE, async () => {
@@ -387,7 +392,7 @@ export async function runScenario (s: Scenario, opts: RunOptions = {}): Promise<
         const heads = agents.filter((a) => a.o.head && a.o.adversary === undefined)
         const victim = fRng.pick(heads)
         // 1. A receipt for work never done: real worker signature, the head's countersignature forged.
-        const fake: Receipt = { contract: sha256Hex(`fake-${clock.now()}-${f.id}`).slice(0, 32), seq: 1, tokens: 5_000_000, layers: 10, modelHash: model.sha256, price: s.heads.ceiling, head: victim.id, worker: f.id, ts: clock.now() }
+        const fake: Receipt = { contract: sha256Hex(`fake-${clock.now()}-${f.id}`).slice(0, 32), seq: 1, tokens: 5_000_000, prior: 0, layers: 10, modelHash: model.sha256, price: s.heads.ceiling, head: victim.id, worker: f.id, ts: clock.now() }
         const ws = await signAsWorker(f.o.key, fake)
         const headSig = toBase64Url(await f.o.key.sign(utf8(`clawmesh/receipt-head/v1\n${JSON.stringify(fake)}`)))
         bump(m.fraud.attempts, 'forged-head-signature'); m.fraud.forgedReceipts++

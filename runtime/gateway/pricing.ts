@@ -1,4 +1,3 @@
-import { receiptAmount } from '../../protocols/receipts.ts'
 import type { ContractRow } from '../ledger/contracts.ts'
 
 /**
@@ -8,10 +7,10 @@ import type { ContractRow } from '../ledger/contracts.ts'
  *   price per token = Σ over the pipeline's contracts (price × (layerEnd − layerStart) / 1e6)
  *                     + networkFeePerMTok / 1e6
  *
- * and a request of T tokens (prompt + completion) is charged, in whole credits, each worker's
- * receiptAmount(T, layers, price) = ⌊T × layers × price / 1e6⌋ plus the fee ⌊T × networkFeePerMTok / 1e6⌋.
- * Every term only grows with T, so the charge for the tokens actually used never exceeds the
- * reservation made for the most tokens the request could use.
+ * A request of T tokens is billed, in whole credits, each worker's receiptAmount (its contract's usage
+ * rounded down on the running total, so at most ⌈T × layers × price / 1e6⌉) plus the fee
+ * ⌊T × networkFeePerMTok / 1e6⌋. chargeFor gives that bound: every term only grows with T, so what the
+ * tokens actually used are billed never exceeds the reservation made for the most tokens possible.
  */
 export function pricePerToken (contracts: readonly ContractRow[], networkFeePerMTok: number): number {
   return contracts.reduce((sum, c) => sum + c.price * (c.layerEnd - c.layerStart) / 1e6, 0) + networkFeePerMTok / 1e6
@@ -24,7 +23,7 @@ export interface Charge {
 }
 
 export function chargeFor (tokens: number, contracts: readonly ContractRow[], networkFeePerMTok: number): Charge {
-  const workers = contracts.map((c) => ({ contract: c.id, worker: c.worker, amount: receiptAmount({ tokens, layers: c.layerEnd - c.layerStart, price: c.price }) }))
+  const workers = contracts.map((c) => ({ contract: c.id, worker: c.worker, amount: Math.ceil(tokens * (c.layerEnd - c.layerStart) * c.price / 1e6) }))
   const fee = Math.floor(tokens * networkFeePerMTok / 1e6)
   return { workers, fee, total: workers.reduce((s, w) => s + w.amount, 0) + fee }
 }

@@ -27,6 +27,9 @@ export class ReceiptCosigner {
       c.layerEnd - c.layerStart !== proposal.layers && 'layers', c.price !== proposal.price && 'price'
     ].filter(Boolean)
     if (mismatch.length > 0) throw new ReceiptInvalid(`proposal ${proposal.contract}#${proposal.seq} differs from the contract in ${mismatch.join(', ')}`)
+    // The running total the amount is rounded on: no less than what we already signed for before it.
+    const before = await this.db.get<{ tokens: number }>('SELECT COALESCE(SUM(tokens), 0) AS tokens FROM receipts WHERE contract = ? AND seq < ?', [proposal.contract, proposal.seq])
+    if (proposal.prior < (before?.tokens ?? 0)) throw new ReceiptInvalid(`proposal ${proposal.contract}#${proposal.seq} says ${proposal.prior} tokens were billed before it; we signed for ${before?.tokens ?? 0}`)
     const id = receiptId(proposal)
     const signed = await signAsWorker(this.key, proposal)
     await this.db.transaction(async (tx) => {

@@ -64,11 +64,12 @@ export class HeadBook {
       const proposals: Receipt[] = []
       if (tokens <= 0) return { usageId, proposals }
       for (const c of u.contracts) {
-        const next = await tx.get<{ seq: number }>('SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM receipts WHERE contract = ?', [c.id])
+        const next = await tx.get<{ seq: number, prior: number }>('SELECT COALESCE(MAX(seq), 0) + 1 AS seq, COALESCE(SUM(tokens), 0) AS prior FROM receipts WHERE contract = ?', [c.id])
         const receipt: Receipt = {
           contract: c.id,
           seq: next?.seq ?? 1,
           tokens,
+          prior: next?.prior ?? 0,
           layers: c.layerEnd - c.layerStart,
           modelHash: u.modelSha256,
           price: c.price,

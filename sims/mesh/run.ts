@@ -443,7 +443,7 @@ async function forge (f: Participant, victimHead: Participant, model: ModelRef, 
   const tampered = { ...env, sig: toBase64Url(new Uint8Array(64)) }
   fraud.forgedEnvelopes++
   await f.node.host!.services.pubsub.publish(bus.topic(cfp.kind, marketScope(model.sha256)), encodeEnvelope(tampered as never))
-  const fake: Receipt = { contract: sha256Hex(`forged-${Date.now()}-${f.node.peerId.toString()}`).slice(0, 32), seq: 1, tokens: 5_000_000, layers: 10, modelHash: model.sha256, price: 1000, head: victimHead.node.peerId.toString(), worker: f.node.peerId.toString(), ts: Date.now() }
+  const fake: Receipt = { contract: sha256Hex(`forged-${Date.now()}-${f.node.peerId.toString()}`).slice(0, 32), seq: 1, tokens: 5_000_000, prior: 0, layers: 10, modelHash: model.sha256, price: 1000, head: victimHead.node.peerId.toString(), worker: f.node.peerId.toString(), ts: Date.now() }
   const ws = await signAsWorker(f.node.key, fake)
   const headSig = toBase64Url(await f.node.key.sign(utf8(JSON.stringify(fake))))
   fraud.forgedReceipts++

@@ -15,6 +15,7 @@ import {
 } from '../../runtime/ledger/ledger.ts'
 import { ingestReceipt } from '../../runtime/ledger/mirror.ts'
 import { ReceiptCosigner } from '../../runtime/ledger/cosigner.ts'
+import { HeadBook } from '../../runtime/ledger/head-book.ts'
 import { putContract, type ContractRow } from '../../runtime/ledger/contracts.ts'
 import { chargeFor, pricePerToken } from '../../runtime/gateway/pricing.ts'
 import { tempDir } from '../helpers/mesh.ts'
@@ -39,7 +40,7 @@ afterEach(async () => {
 })
 
 function receipt (over: Partial<Receipt> = {}): Receipt {
-  return { contract: 'c1', seq: 1, tokens: 40, layers: 2, modelHash: MODEL, price: 1_000_000, head: id(head), worker: id(worker), ts: 1_700_000_000_000, ...over }
+  return { contract: 'c1', seq: 1, tokens: 40, prior: 0, layers: 2, modelHash: MODEL, price: 1_000_000, head: id(head), worker: id(worker), ts: 1_700_000_000_000, ...over }
 }
 
 async function doubleSigned (over: Partial<Receipt> = {}): Promise<SignedReceipt> {
@@ -89,6 +90,28 @@ describe('receipts', () => {
     await expect(cosigner.sign(receipt({ seq: 2, layers: 3 }), id(head))).rejects.toThrow(/layers/)
     await expect(cosigner.sign(receipt({ seq: 2 }), id(worker))).rejects.toThrow(/came from/)
     await expect(cosigner.sign(receipt({ tokens: 999 }), id(head))).rejects.toThrow(/already signed/)
+    // The running total a head rounds on cannot shrink below what the worker already signed for.
+    await expect(cosigner.sign(receipt({ seq: 2, prior: 10 }), id(head))).rejects.toThrow(/billed before/)
+    expect((await cosigner.sign(receipt({ seq: 2, prior: 40 }), id(head))).receipt.prior).toBe(40)
+  })
+
+  it('rounds on the running total: many small requests pay what their sum is worth', async () => {
+    const contract: ContractRow = { id: 'c1', modelSha256: MODEL, head: id(head), worker: id(worker), layerStart: 0, layerEnd: 6, price: 1709, expiresAt: Date.now() + 60_000, status: 'active' }
+    await putContract(store.db, contract)
+    const book = new HeadBook(store.db, head)
+    let total = 0
+    let paid = 0
+    for (let i = 0; i < 300; i++) {
+      const tokens = 30 + (i % 17)
+      total += tokens
+      const [proposal] = (await book.recordUsage({ keyId: 'k', modelSha256: MODEL, promptTokens: tokens - 8, completionTokens: 8, contracts: [contract], fee: 0 })).proposals
+      expect(proposal.prior).toBe(total - tokens)
+      // Each request alone is worth under one credit (about 0.3-0.5): rounded per request, the worker would get nothing.
+      expect(Math.floor(tokens * 6 * 1709 / 1e6)).toBe(0)
+      paid += receiptAmount(proposal)
+    }
+    expect(paid).toBe(Math.floor(total * 6 * 1709 / 1e6))
+    expect(paid).toBeGreaterThan(100)
   })
 })
 
