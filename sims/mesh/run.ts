@@ -252,7 +252,7 @@ export async function runMeshScenario (s: Scenario, opts: MeshRunOptions = {}): 
       const live = heads.filter((h) => !h.crashed && coveredAt[heads.indexOf(h)] !== null)
       const head = live[demand.requests % Math.max(1, live.length)]
       const wtp = s.demand.wtpMedian * Math.exp(demandRng.normal(0, s.demand.wtpSpread))
-      const retail = head === undefined ? undefined : await retailPerMTok(head)
+      const retail = head === undefined ? undefined : retailPerMTok(head, model)
       if (head === undefined || retail === undefined) {
         demand.unavailable++
       } else if (wtp < retail) {
@@ -352,7 +352,7 @@ export async function runMeshScenario (s: Scenario, opts: MeshRunOptions = {}): 
       },
       price: {
         meanPerLayer: layerSum === 0 ? null : round(prices.reduce((k, d) => k + d.price * (d.end - d.start), 0) / layerSum),
-        retailPerMTok: head0 === undefined ? null : round((await retailPerMTok(head0)) ?? NaN)
+        retailPerMTok: roundOrNull(head0 === undefined ? undefined : retailPerMTok(head0, model))
       },
       messages: { market, total: marketTotal, perContract: contracts.size === 0 ? null : round(marketTotal / contracts.size), rejected },
       demand: {
@@ -395,8 +395,8 @@ async function pickVictim (heads: Participant[], parts: Participant[], rng: Rng)
 }
 
 /** What a user pays the head per million tokens: Σ price × layers of its active contracts. */
-async function retailPerMTok (head: Participant): Promise<number | undefined> {
-  const assembled = head.agent!.bot.assembly((await head.node.describe()).models[0]?.sha256 ?? '')
+function retailPerMTok (head: Participant, model: ModelRef): number | undefined {
+  const assembled = head.agent!.bot.assembly(model.sha256)
   if (assembled?.pipeline === undefined) return undefined
   return assembled.contracts.reduce((k, c) => k + c.doc.price * (c.doc.end - c.doc.start), 0) + (head.node.config.gateway?.networkFeePerMTok ?? 0)
 }
@@ -451,4 +451,5 @@ async function forge (f: Participant, victimHead: Participant, model: ModelRef, 
 }
 
 const round = (x: number): number => Math.round(x * 100) / 100
+const roundOrNull = (x: number | undefined): number | null => x === undefined ? null : round(x)
 const minOrNull = (xs: Array<number | null>): number | null => { const v = xs.filter((x): x is number => x !== null); return v.length === 0 ? null : round(Math.min(...v)) }

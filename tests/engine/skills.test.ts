@@ -69,7 +69,7 @@ describe('engine skills', () => {
     const p = rp.pipeline!;
     expect(p.split.args).toEqual(['-ngl', String(preset.nLayer), '--tensor-split', `2,${preset.nLayer - 3 + 1}`]);
     const prompt = 'The capital of France is';
-    const one = await runCompletion({ bin: build.completion, model: modelPath, prompt, nPredict: 12, extraArgs: ['-ngl', '0'] });
+    const one = await runCompletion({ bin: build.completion, model: modelPath, prompt, nPredict: 12, extraArgs: ['-ngl', '0', '--no-repack'] }); // the layout rpc-servers compute on (see llama-split.test.ts)
     const res = await serverGreedyCompletion(p.url, prompt, 12);
     expect(res.text).toBe(one.text);
     expect(await rp.tool.invoke({ action: 'status' })).toMatch(/pipeline running .* sent \d+ B, received \d+ B/);
