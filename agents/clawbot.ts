@@ -1,7 +1,8 @@
 import { join } from 'node:path'
-import { expireStaleOffers } from '../skills/market/expiry.ts'
+import { dueForRenewal, expireStaleOffers } from '../skills/market/expiry.ts'
+import { exactCover } from '../skills/assembly/cover.ts'
 import { SqliteSaver } from '@langchain/langgraph-checkpoint-sqlite'
-import { coverage, type ModelRef, type SignedContract } from '../protocols/index.ts'
+import { contractId, coverage, type ModelRef, type SignedContract } from '../protocols/index.ts'
 import { AgentSettingsSchema, type AgentSettings } from '../runtime/config.ts'
 import type { MeshNode } from '../runtime/node/node.ts'
 import type { Logger } from '../runtime/log.ts'
@@ -90,7 +91,7 @@ export class ClawBot {
   private snapshotWrite: Promise<void> = Promise.resolve()
   private readonly assembledListeners = new Set<(a: Assembly) => void>()
   private readonly contractListeners = new Set<(c: SignedContract, role: 'head' | 'worker') => void>()
-  private readonly brokenListeners = new Set<(model: ModelRef, worker: string) => void>()
+  private readonly brokenListeners = new Set<(model: ModelRef, why: string) => void>()
   private readonly log: Logger
   graph!: AgentGraph
   brain!: Brain
@@ -129,7 +130,7 @@ export class ClawBot {
     try {
       this.brain = this.opts.brain ?? await createBrain(this.settings.llm)
       this.checkpointer = SqliteSaver.fromConnString(join(this.node.home, THREADS_DB_FILE))
-      const policy = new OwnerPolicy({ me: this.perception.me, book: this.book, bounds: () => this.perception.bounds() })
+      const policy = new OwnerPolicy({ me: this.perception.me, book: this.book, bounds: () => this.perception.bounds(), renewBeforeMs: this.settings.renewBeforeMs })
       const tools = marketTools({
         desk: this.desk,
         guard: policy,
@@ -202,8 +203,8 @@ export class ClawBot {
     return () => this.assembledListeners.delete(listener)
   }
 
-  /** A head's assembly fell apart (a worker left): its pipeline is stopped and the range is bought again. */
-  onBroken (listener: (model: ModelRef, worker: string) => void): () => void {
+  /** A head's assembly fell apart (a worker left, a term ended): its pipeline is stopped and the range is bought again. */
+  onBroken (listener: (model: ModelRef, why: string) => void): () => void {
     this.brokenListeners.add(listener)
     return () => this.brokenListeners.delete(listener)
   }
@@ -336,6 +337,7 @@ export class ClawBot {
     this.ticking = true
     try {
       await this.expireStale()
+      await this.endLapsed()
       await this.detectDepartures()
       for (const sha of this.goals.keys()) await this.reviewGoal(sha)
     } catch (err) {
@@ -351,6 +353,24 @@ export class ClawBot {
     await this.syncLifecycle()
   }
 
+  /** Contracts whose term is over end; a worker's memory and deal slot are free again. */
+  private async endLapsed (): Promise<void> {
+    const ended = await this.book.endLapsedContracts()
+    if (ended.length === 0) return
+    for (const c of ended) this.log.info('contract term over', { layers: `${c.signed.doc.start}-${c.signed.doc.end}`, head: this.perception.nameOf(c.signed.doc.head), worker: this.perception.nameOf(c.signed.doc.worker) })
+    await this.syncLifecycle()
+  }
+
+  /** A head's pipeline lost a contract (its worker left, or its term ended unrenewed): stop it and buy the range again. */
+  private async teardown (goal: Goal, why: string): Promise<void> {
+    if (goal.assembled === undefined) return
+    await goal.assembled.pipeline?.stop().catch(() => {})
+    goal.assembled = undefined
+    goal.calls = 0
+    goal.pipelineFailures = 0
+    for (const l of this.brokenListeners) l(goal.model, why)
+  }
+
   /** A worker silent for departAfterMs has left: its contracts break and the head buys the range again. */
   private async detectDepartures (): Promise<void> {
     const me = this.perception.me
@@ -364,30 +384,34 @@ export class ClawBot {
       this.log.info('worker left; its contract is broken', { worker: this.perception.nameOf(c.signed.doc.worker), layers: `${c.signed.doc.start}-${c.signed.doc.end}` })
       await this.book.setContractStatus(c.id, 'broken')
       const goal = this.goals.get(c.signed.doc.model)
-      if (goal?.assembled !== undefined) {
-        await goal.assembled.pipeline?.stop().catch(() => {})
-        goal.assembled = undefined
-        goal.calls = 0
-        goal.pipelineFailures = 0
-        for (const l of this.brokenListeners) l(goal.model, c.signed.doc.worker)
-      }
+      if (goal !== undefined) await this.teardown(goal, `worker ${this.perception.nameOf(c.signed.doc.worker)} left`)
     }
     await this.syncLifecycle()
   }
 
-  /** Coverage complete → run the pipeline; gaps and nothing in play → call for proposals again. */
+  /**
+   * Contracts tile the model → run the pipeline on them; gaps (or contracts due for renewal) and nothing
+   * in play → call for proposals again. Renewals are bought before the old terms end, and the pipeline
+   * moves onto them once they tile the model (make before break).
+   */
   private async reviewGoal (sha: string): Promise<void> {
     const goal = this.goals.get(sha)
     if (goal === undefined || this.stopping) return
-    const contracts = (await this.book.contracts({ model: sha, head: this.perception.me, status: 'active' })).map((c) => c.signed)
-    const ranges = contracts.map((c) => ({ start: c.doc.start, end: c.doc.end }))
-    const report = coverage(ranges, goal.model.nLayer)
-    if (report.complete) {
-      const failed = goal.assembled?.pipeline === undefined && goal.assembled?.pipelineError !== undefined
-      if (failed && goal.pipelineFailures < PIPELINE_ATTEMPTS && Date.now() >= goal.retryAt) goal.assembled = undefined
-      if (goal.assembled === undefined && !goal.starting) await this.startPipeline(goal, contracts)
-      return
+    const now = Date.now()
+    const active = await this.book.contracts({ model: sha, head: this.perception.me, status: 'active' })
+    const activeIds = new Set(active.map((c) => c.id))
+    if (goal.assembled !== undefined && !goal.starting && goal.assembled.contracts.some((c) => !activeIds.has(contractId(c.doc)))) {
+      await this.teardown(goal, 'a contract of the pipeline is over')
     }
+    const lasting = exactCover(active.filter((c) => !dueForRenewal(c, this.settings.renewBeforeMs, now)).map((c) => c.signed), goal.model.nLayer)
+    const cover = lasting ?? exactCover(active.map((c) => c.signed), goal.model.nLayer)
+    if (cover !== undefined && !goal.starting) {
+      const failed = goal.assembled?.pipeline === undefined && goal.assembled?.pipelineError !== undefined
+      if (failed && goal.pipelineFailures < PIPELINE_ATTEMPTS && now >= goal.retryAt) goal.assembled = undefined
+      const move = lasting !== undefined && goal.assembled?.pipeline !== undefined && !sameContracts(goal.assembled.contracts, lasting) && now >= goal.retryAt
+      if (goal.assembled === undefined || move) await this.startPipeline(goal, cover)
+    }
+    if (lasting !== undefined) return
     const inPlay = (await this.book.negotiations({ role: 'head', model: sha, status: ['open', 'choosing'] })).length > 0
     if (inPlay || this.pending > 0) return
     // Workers learn of a model from our presence and then subscribe: a call made before anyone listens is wasted.
@@ -414,6 +438,7 @@ export class ClawBot {
     goal.starting = true
     const sorted = [...contracts].sort((a, b) => a.doc.start - b.doc.start)
     const assembly: Assembly = { model: goal.model, contracts: sorted }
+    const previous = goal.assembled
     try {
       if (this.opts.runner !== undefined) assembly.pipeline = await this.opts.runner.run(sorted, goal.model)
       else assembly.pipelineError = 'no pipeline runner configured'
@@ -425,9 +450,22 @@ export class ClawBot {
     } finally {
       goal.starting = false
     }
+    if (assembly.pipeline === undefined && previous?.pipeline !== undefined && goal.assembled === previous) {
+      // Moving onto renewed contracts failed: keep serving on the old ones while they last.
+      return
+    }
     goal.assembled = assembly
-    if (assembly.pipeline !== undefined) goal.pipelineFailures = 0
-    this.log.info('model assembled', { model: goal.model.name, contracts: sorted.length, pipeline: assembly.pipeline !== undefined })
+    if (assembly.pipeline !== undefined) {
+      goal.pipelineFailures = 0
+      if (previous?.pipeline !== undefined) await previous.pipeline.stop().catch(() => {})
+    }
+    this.log.info('model assembled', { model: goal.model.name, contracts: sorted.length, pipeline: assembly.pipeline !== undefined, renewed: previous?.pipeline !== undefined })
     for (const l of this.assembledListeners) l(assembly)
   }
+
+}
+
+function sameContracts (a: readonly SignedContract[], b: readonly SignedContract[]): boolean {
+  const ids = new Set(a.map((c) => contractId(c.doc)))
+  return a.length === b.length && b.every((c) => ids.has(contractId(c.doc)))
 }

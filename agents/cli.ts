@@ -7,6 +7,7 @@ import { modelRefFromGguf } from '../skills/assembly/model.ts'
 import { ReceiptService } from '../runtime/ledger/service.ts'
 import { startPaidApi } from '../runtime/gateway/serve.ts'
 import type { Gateway } from '../runtime/gateway/server.ts'
+import { contractId } from '../protocols/index.ts'
 import { ClawBot } from './clawbot.ts'
 import type { Brain } from './brains/providers.ts'
 import { engineFor } from './engine-runner.ts'
@@ -53,12 +54,13 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
   bot.onAssembled((a) => {
     if (node.config.gateway === undefined || a.pipeline?.url === undefined) return
     const url = a.pipeline.url
+    const contractIds = a.contracts.map((c) => contractId(c.doc))
     const running = gateways.get(a.model.sha256)
     if (running !== undefined) {
-      void running.then((g) => { g?.retarget(url) })
+      void running.then((g) => { g?.retarget(url, contractIds) })
       return
     }
-    gateways.set(a.model.sha256, startPaidApi(node, receipts, { url, modelSha256: a.model.sha256, modelName: a.model.name }).then((g) => {
+    gateways.set(a.model.sha256, startPaidApi(node, receipts, { url, contractIds, modelSha256: a.model.sha256, modelName: a.model.name }).then((g) => {
       console.log(`Paid API for ${a.model.name}: ${g.url}/v1 (clawmesh keys create --credits N makes a key)`)
       return g
     }, (err: unknown) => {

@@ -3,6 +3,7 @@ import { dealCost, type Envelope, type LayerRange, type ModelRef } from '../prot
 import type { MeshNode } from '../runtime/node/node.ts'
 import type { AgentSettings } from '../runtime/config.ts'
 import type { NegotiationBook } from '../skills/market/book.ts'
+import { dueForRenewal } from '../skills/market/expiry.ts'
 import { boundsFrom, type Bounds } from './policy.ts'
 import { observationMessage, type AgentEvent, type Observation, type ThreadView } from './observation.ts'
 import type { HumanMessage } from '@langchain/core/messages'
@@ -35,7 +36,11 @@ export class Perception {
     return p?.presence.name ?? `…${peerId.slice(-8)}`
   }
 
-  /** Ranges this head holds or is buying for a model, and what they cost per million tokens. */
+  /**
+   * Ranges this head holds or is buying for a model, and what they cost per million tokens. Contracts
+   * due for renewal count as gone: their ranges are bought again, and the budget pays for the new deals
+   * rather than for both at once.
+   */
   async headHoldings (model: string, cfpId?: string): Promise<{ ranges: LayerRange[], spent: number, spentInCall: number }> {
     const ranges: LayerRange[] = []
     let spent = 0
@@ -43,6 +48,7 @@ export class Perception {
     const seen = new Set<string>()
     for (const c of await this.book.contracts({ model, head: this.me, status: 'active' })) {
       seen.add(`${c.cfpId}/${c.signed.doc.worker}`)
+      if (dueForRenewal(c, this.settings.renewBeforeMs)) continue
       ranges.push({ start: c.signed.doc.start, end: c.signed.doc.end })
       spent += dealCost(c.signed.doc)
       if (c.cfpId === cfpId) spentInCall += dealCost(c.signed.doc)

@@ -1,6 +1,7 @@
 import { loadavg, cpus } from 'node:os'
 import { dealCost, overlapsAny, type Cfp, type LayerRange, type Terms } from '../protocols/index.ts'
 import type { AgentSettings } from '../runtime/config.ts'
+import { dueForRenewal } from '../skills/market/expiry.ts'
 import type { NegotiationBook } from '../skills/market/book.ts'
 import type { MarketAction, MarketGuard, Verdict } from '../skills/market/guard.ts'
 
@@ -56,6 +57,8 @@ export interface PolicyDeps {
   bounds: () => Bounds
   now?: () => number
   isIdle?: () => boolean
+  /** A head's contracts this close to their end are being renewed: buying their layers again is allowed (see dueForRenewal). */
+  renewBeforeMs?: number
 }
 
 /**
@@ -120,7 +123,8 @@ export class OwnerPolicy implements MarketGuard {
 
   /**
    * A head never pays above its ceiling per layer, never beyond its budget (the owner's, and the one it
-   * announced) counting deals already made for this model, and never buys a layer twice.
+   * announced) counting deals already made for this model, and never buys a layer twice (except to
+   * renew a contract due for renewal: then the new deal takes the old one's place in the budget).
    */
   private async asHead (cfpId: string, model: string, want: LayerRange, cfpBudget: number, peer: string, t: Terms, b: Bounds): Promise<Verdict> {
     if (t.price > b.ceiling) return no(`price ${t.price} is above the ceiling of ${b.ceiling} per layer`)
@@ -138,9 +142,11 @@ export class OwnerPolicy implements MarketGuard {
   private async headCommitments (model: string, cfpId: string, peer: string): Promise<Array<{ cfpId: string, range: LayerRange, cost: number }>> {
     const out: Array<{ cfpId: string, range: LayerRange, cost: number }> = []
     const contracted = new Set<string>()
+    const now = this.deps.now?.() ?? Date.now()
     for (const c of await this.deps.book.contracts({ model, head: this.deps.me, status: 'active' })) {
       if (c.cfpId === cfpId && c.signed.doc.worker === peer) continue
       contracted.add(`${c.cfpId}/${c.signed.doc.worker}`)
+      if (dueForRenewal(c, this.deps.renewBeforeMs ?? 0, now)) continue
       out.push({ cfpId: c.cfpId, range: { start: c.signed.doc.start, end: c.signed.doc.end }, cost: dealCost(c.signed.doc) })
     }
     for (const n of await this.deps.book.negotiations({ role: 'head', model, status: ['open', 'choosing'] })) {

@@ -52,6 +52,8 @@ export const AgentSettingsSchema = z.object({
   maxRounds: z.number().int().min(1).max(20).default(4),
   /** How long our offers stay open. */
   offerTtlMs: z.number().int().min(1000).max(600_000).default(60_000),
+  /** As a head: renew a contract this long before it ends (at most a third of its term before). */
+  renewBeforeMs: z.number().int().min(0).max(86_400_000).default(300_000),
   /** As a head: a GGUF (path, or file name in modelsDir) to assemble when the agent starts. */
   assemble: z.string().max(1000).optional()
 }).strict()

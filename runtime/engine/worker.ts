@@ -29,6 +29,8 @@ export interface WorkerOptions {
   log?: Logger;
   /** How long a head has to send its hello. */
   helloTimeoutMs?: number;
+  /** How often rpc-servers of contracts that are over are released (default 5 s). */
+  sweepMs?: number;
 }
 
 export interface Refusal {
@@ -55,6 +57,7 @@ export class SliceWorker {
   private readonly log: Logger;
   private streams = 0;
   private stopped = false;
+  private sweeper: NodeJS.Timeout | undefined;
 
   private constructor(private readonly o: WorkerOptions) {
     this.book = new ContractBook(o.node.store, o.verify ?? verifyMarketContract);
@@ -68,8 +71,24 @@ export class SliceWorker {
     if (o.cacheDir !== undefined) mkdirSync(o.cacheDir, { recursive: true });
     const w = new SliceWorker(o);
     await host.handle(RPC_PROTOCOL, (stream, conn) => { void w.onStream(stream, conn); }, { maxInboundStreams: 64 });
+    // A contract that ended, broke or lapsed gives its memory back: its rpc-server goes.
+    w.sweeper = setInterval(() => { void w.sweep().catch((err: unknown) => w.log.warn('sweep failed', { error: (err as Error).message })); }, o.sweepMs ?? 5000);
+    w.sweeper.unref();
     w.log.info('serving slices', { protocol: RPC_PROTOCOL });
     return w;
+  }
+
+  /** Releases the rpc-servers of contracts that are no longer active and unexpired. */
+  async sweep(now = Date.now()): Promise<string[]> {
+    const released: string[] = [];
+    for (const contractId of [...this.servers.keys()]) {
+      const c = await this.book.get(contractId);
+      if (c !== undefined && c.status === 'active' && c.expiresAt > now) continue;
+      this.log.info('contract over; releasing its rpc-server', { contract: contractId, status: c?.status ?? 'unknown' });
+      await this.release(contractId);
+      released.push(contractId);
+    }
+    return released;
   }
 
   status(): WorkerStatus {
@@ -94,6 +113,7 @@ export class SliceWorker {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    clearInterval(this.sweeper);
     await this.o.node.host?.unhandle(RPC_PROTOCOL).catch(() => {});
     const all = [...this.servers.values()];
     this.servers.clear();

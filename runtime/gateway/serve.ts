@@ -9,6 +9,8 @@ export interface PipelineEndpoint {
   modelSha256: string
   /** The id clients send as `model`. */
   modelName: string
+  /** The contracts the pipeline runs on (only these are billed). */
+  contractIds?: readonly string[]
   /** Other providers of single ranges, for spot checks (needs gateway.spotCheckProbability > 0). */
   replays?: Replay[]
 }
@@ -28,6 +30,7 @@ export async function startPaidApi (node: MeshNode, service: ReceiptService, pip
     head: node.peerId.toString(),
     book: service.book,
     upstream: pipeline.url,
+    contractIds: pipeline.contractIds,
     modelSha256: pipeline.modelSha256,
     modelName: pipeline.modelName,
     host: cfg.host,

@@ -18,6 +18,11 @@ export interface GatewayOptions {
   book: HeadBook
   /** OpenAI-compatible base URL of the pipeline (the head's llama-server), without /v1. */
   upstream: string
+  /**
+   * Ids of the contracts the pipeline runs on: only these are billed. Omitted: every billable contract
+   * of the head for the model (right while they are exactly the pipeline's; not while renewals overlap).
+   */
+  contractIds?: readonly string[]
   modelSha256: string
   /** The id clients use in `model`; one model per gateway. */
   modelName: string
@@ -63,17 +68,21 @@ export class Gateway {
 
   /** Where requests go now; undefined while the head re-assembles its pipeline (503, nothing held). */
   private upstream: string | undefined
+  private contractIds: ReadonlySet<string> | undefined
 
   constructor (private readonly o: GatewayOptions) {
     this.upstream = o.upstream
+    this.contractIds = o.contractIds === undefined ? undefined : new Set(o.contractIds)
   }
 
   /**
-   * Points the API at a new pipeline (the head re-assembled after a worker left), or at none while it
-   * re-assembles. Clients keep their URL and keys; contracts are re-read at once.
+   * Points the API at a new pipeline and the contracts it runs on (the head re-assembled after a worker
+   * left, or moved onto renewed contracts), or at none while it re-assembles. Clients keep their URL
+   * and keys; contracts are re-read at once.
    */
-  retarget (upstream: string | undefined): void {
+  retarget (upstream: string | undefined, contractIds?: readonly string[]): void {
     this.upstream = upstream
+    if (contractIds !== undefined) this.contractIds = new Set(contractIds)
     this.contractCache = undefined
   }
 
@@ -215,7 +224,8 @@ export class Gateway {
     if (this.contractCache === undefined || now - this.contractCache.at > CONTRACTS_TTL_MS) {
       this.contractCache = { at: now, rows: await billableContracts(this.o.db, this.o.head, this.o.modelSha256, now) }
     }
-    return this.contractCache.rows.filter((c) => c.expiresAt > now)
+    const ids = this.contractIds
+    return this.contractCache.rows.filter((c) => c.expiresAt > now && (ids === undefined || ids.has(c.id)))
   }
 
   private async serially<T> (fn: () => Promise<T>): Promise<T> {

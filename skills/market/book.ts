@@ -158,6 +158,21 @@ export class NegotiationBook {
     return id
   }
 
+  /**
+   * Contracts whose term is over end: status `ended`, and their threads leave `contracted`, so the
+   * worker's memory and deal slot are free again. Returns the contracts that ended now.
+   */
+  async endLapsedContracts (now = Date.now()): Promise<StoredContract[]> {
+    const lapsed = (await this.contracts({ status: 'active' })).filter((c) => c.signed.doc.serveUntil <= now)
+    for (const c of lapsed) {
+      // Threads first: interrupted between the two, the contract is still active and the next sweep redoes both.
+      await this.db.run("UPDATE market_threads SET status = 'expired', updated_at = ? WHERE cfp_id = ? AND peer IN (?, ?) AND status = 'contracted'",
+        [now, c.cfpId, c.signed.doc.head, c.signed.doc.worker])
+      await this.db.run("UPDATE contracts SET status = 'ended' WHERE id = ? AND status = 'active'", [c.id])
+    }
+    return lapsed
+  }
+
   async setContractStatus (id: string, status: 'active' | 'broken' | 'ended'): Promise<void> {
     await this.db.run('UPDATE contracts SET status = ? WHERE id = ?', [status, id])
   }

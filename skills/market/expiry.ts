@@ -28,3 +28,14 @@ export async function expireStaleOffers (
     }
   }
 }
+
+/**
+ * A head renews a contract before its term ends, so that the replacement is signed and running before
+ * the old one lapses: once less than `renewBeforeMs` remains, or less than a third of the term (short
+ * terms), whichever comes later.
+ */
+export function dueForRenewal (c: { createdAt: number, signed: { doc: { serveUntil: number } } }, renewBeforeMs: number, now = Date.now()): boolean {
+  const until = c.signed.doc.serveUntil
+  const margin = Math.min(renewBeforeMs, Math.max(0, until - c.createdAt) / 3)
+  return until - now <= margin
+}

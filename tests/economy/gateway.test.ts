@@ -235,3 +235,27 @@ describe('settlement through the 2-worker pipeline', () => {
     expect(await w2.store.db.get('SELECT id FROM receipts WHERE seq = 9999')).toBeUndefined()
   })
 })
+
+describe('renewal overlap', () => {
+  it('bills only the contracts the pipeline runs on, while renewals of the same layers are already signed', async (ctx) => {
+    if (build === undefined) return ctx.skip('no llama.cpp build')
+    const [head, w1] = mesh.nodes
+    // A renewal of w1's layers, signed but not yet carrying traffic.
+    const renewal: ContractRow = { ...contracts[0], id: `${contracts[0].id}-renewal`, expiresAt: contracts[0].expiresAt + 3_600_000 }
+    await recordContracts([head, w1], [renewal])
+    gateway.retarget(pipeline.server.url, contracts.map((c) => c.id))
+    const r = await client.chat.completions.create({ model: MODEL_NAME, messages: [{ role: 'user', content: 'Hello' }], max_tokens: 4, ...greedy })
+    await gateway.drain()
+    const usage = await head.store.db.get<{ id: string }>('SELECT id FROM usage ORDER BY created_at DESC LIMIT 1')
+    const billed = await head.store.db.all<{ contract: string }>('SELECT contract FROM receipts WHERE usage_id = ? ORDER BY contract', [usage!.id])
+    expect(billed.map((b) => b.contract)).toEqual(contracts.map((c) => c.id).sort())
+    expect(r.usage?.total_tokens).toBeGreaterThan(0)
+    // Once the pipeline moves onto the renewal, the renewal is billed instead.
+    gateway.retarget(pipeline.server.url, [renewal.id, contracts[1].id])
+    await client.chat.completions.create({ model: MODEL_NAME, messages: [{ role: 'user', content: 'Hello' }], max_tokens: 4, ...greedy })
+    await gateway.drain()
+    const next = await head.store.db.get<{ id: string }>('SELECT id FROM usage ORDER BY created_at DESC LIMIT 1')
+    const billedNext = await head.store.db.all<{ contract: string }>('SELECT contract FROM receipts WHERE usage_id = ? ORDER BY contract', [next!.id])
+    expect(billedNext.map((b) => b.contract)).toEqual([renewal.id, contracts[1].id].sort())
+  })
+})
