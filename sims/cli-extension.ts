@@ -15,7 +15,8 @@ const extension: CliExtension = {
       .option('--transport <kind>', 'sim: in-process bus on a simulated clock (any size); libp2p: real ClawBots on 127.0.0.1 (at most 20)', 'sim')
       .option('--demand-seconds <n>', 'libp2p: seconds of outside demand after the model is assembled', (v) => Number.parseInt(v, 10))
       .option('--keep', 'libp2p: keep the agents\' homes (databases, transcripts) and print where')
-      .action(async (scenario: string, opts: { out?: string, seed?: number, agents?: number, quiet?: boolean, transport: string, demandSeconds?: number, keep?: boolean }) => {
+      .option('--log-level <level>', 'libp2p: the nodes\' log level on stderr (silent, error, warn, info, debug)')
+      .action(async (scenario: string, opts: { out?: string, seed?: number, agents?: number, quiet?: boolean, transport: string, demandSeconds?: number, keep?: boolean, logLevel?: 'silent' | 'error' | 'warn' | 'info' | 'debug' }) => {
         const { simCommand, summary, meshSimCommand, meshSummary } = await import('./cli.ts')
         if (opts.transport === 'libp2p') {
           const { dir, metrics } = await meshSimCommand(scenario, opts as typeof opts & { transport: 'libp2p' })

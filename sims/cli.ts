@@ -1,5 +1,6 @@
 import { join, relative, resolve } from 'node:path'
 import { loadScenario } from './scenario.ts'
+import type { LogLevel } from '../runtime/log.ts'
 import { runScenario, type SimMetrics } from './world.ts'
 import { writeReport } from './report.ts'
 import { runMeshScenario, type MeshMetrics } from './mesh/run.ts'
@@ -16,6 +17,8 @@ export interface SimCliOptions {
   demandSeconds?: number
   /** libp2p transport: keep the agents' homes. */
   keep?: boolean
+  /** libp2p transport: the nodes' log level (default silent). */
+  logLevel?: LogLevel
 }
 
 const ROOT = resolve(import.meta.dirname, '..')
@@ -41,7 +44,7 @@ export async function simCommand (name: string, opts: SimCliOptions = {}): Promi
 export async function meshSimCommand (name: string, opts: SimCliOptions = {}): Promise<{ dir: string, metrics: MeshMetrics }> {
   const { scenario, file } = await loadScenario(name)
   const progress = opts.quiet === true ? undefined : (line: string) => process.stderr.write(`[sim ${scenario.name} libp2p] ${line}\n`)
-  const metrics = await runMeshScenario(scenario, { seed: opts.seed, agents: opts.agents, demandSeconds: opts.demandSeconds, keepHomes: opts.keep, progress })
+  const metrics = await runMeshScenario(scenario, { seed: opts.seed, agents: opts.agents, demandSeconds: opts.demandSeconds, keepHomes: opts.keep, logLevel: opts.logLevel, progress })
   const stamp = new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)
   const dir = resolve(opts.out ?? join(ROOT, 'sims', 'out', `${scenario.name}-libp2p-${stamp}`))
   const args = [name, '--transport libp2p', opts.seed !== undefined ? `--seed ${opts.seed}` : '', opts.agents !== undefined ? `--agents ${opts.agents}` : '', opts.demandSeconds !== undefined ? `--demand-seconds ${opts.demandSeconds}` : ''].filter((x) => x !== '').join(' ')

@@ -112,10 +112,12 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
   if (host === undefined) throw new PipelineError('start the mesh node before building a pipeline');
   const log = o.log ?? node.log.child('engine-head');
   const headLayers = o.headLayers ?? 0;
-  const ranges: LayerRange[] = o.assignments.map((a) => ({ worker: a.worker, start: a.start, end: a.end }));
+  // One device per contract, not per worker: a worker may hold two contracts of one model (two ranges,
+  // each its own rpc-server behind its own tunnel).
+  const ranges: LayerRange[] = o.assignments.map((a) => ({ worker: a.contractId, start: a.start, end: a.end }));
   if (headLayers > 0) ranges.push({ worker: HEAD, start: 0, end: headLayers });
   const split = computeTensorSplit(ranges, o.model.nLayer, headLayers > 0 ? { cpuWorker: HEAD } : {});
-  const byWorker = new Map(o.assignments.map((a) => [a.worker, a]));
+  const byContract = new Map(o.assignments.map((a) => [a.contractId, a]));
   const stallMs = o.stallTimeoutMs ?? 15_000;
 
   const events = new EventEmitter();
@@ -164,10 +166,10 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
     else if (state === 'running' && proxy !== undefined && proxy.inFlight() > 0) limit = stallMs;
     else return;
     const now = Date.now();
-    for (const [w, t] of tunnels) {
+    for (const [id, t] of tunnels) {
       const since = t.meter.awaitingSince;
       if (since !== undefined && now - since > limit) {
-        fail({ worker: w, contractId: byWorker.get(w)!.contractId, reason: `stalled: no reply for ${now - since} ms while ${state === 'starting' ? 'the model loaded' : 'a request was in flight'} (timeout ${limit} ms)` });
+        fail({ worker: byContract.get(id)!.worker, contractId: id, reason: `stalled: no reply for ${now - since} ms while ${state === 'starting' ? 'the model loaded' : 'a request was in flight'} (timeout ${limit} ms)` });
         return;
       }
     }
@@ -201,7 +203,7 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
         host, worker: peers.get(a.worker)!, contractId: a.contractId, modelSha256: o.model.sha256, delayMs: o.delayMs, meter: new LinkMeter(),
         onFailure: (reason) => fail({ worker: a.worker, contractId: a.contractId, reason }),
       });
-      tunnels.set(a.worker, t);
+      tunnels.set(a.contractId, t);
     }
     const rpc = split.devices.map((w) => tunnels.get(w)!.endpoint);
     server = await startLlamaServer({
@@ -255,8 +257,8 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
     get state() { return state === 'starting' ? 'running' : state; },
     get failure() { return failure; },
     closed,
-    links: () => [...tunnels].map(([w, t]) => ({
-      worker: w, contractId: byWorker.get(w)!.contractId, endpoint: t.endpoint, bytesToWorker: t.meter.bytesToWorker, bytesFromWorker: t.meter.bytesFromWorker,
+    links: () => [...tunnels].map(([id, t]) => ({
+      worker: byContract.get(id)!.worker, contractId: id, endpoint: t.endpoint, bytesToWorker: t.meter.bytesToWorker, bytesFromWorker: t.meter.bytesFromWorker,
     })),
     async stop() {
       if (state === 'running') {

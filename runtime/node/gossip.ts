@@ -30,7 +30,15 @@ export class GossipBus {
   // The validator has already decoded the message; the 'message' event hands us the same object.
   private readonly decoded = new WeakMap<Message, Envelope>()
   private readonly stats: GossipStats = { accepted: {}, published: {}, rejected: Object.fromEntries(REJECT_REASONS.map((r) => [r, 0])) as Record<RejectReason, number> }
-  private readonly onMessage = (evt: CustomEvent<Message>): void => { void this.deliver(evt.detail) }
+  /** Deliveries still running their handlers: stop() waits for them before the store may close. */
+  private readonly inflight = new Set<Promise<void>>()
+  private stopped = false
+  private readonly onMessage = (evt: CustomEvent<Message>): void => {
+    if (this.stopped) return
+    const p = this.deliver(evt.detail)
+    this.inflight.add(p)
+    void p.finally(() => this.inflight.delete(p))
+  }
 
   constructor (
     private readonly pubsub: GossipSub,
@@ -84,9 +92,12 @@ export class GossipBus {
     return structuredClone(this.stats)
   }
 
-  stop (): void {
+  /** Stops delivering; resolves once the handlers of messages already accepted have run. */
+  async stop (): Promise<void> {
+    this.stopped = true
     this.pubsub.removeEventListener('message', this.onMessage)
     for (const topic of this.table.joined()) this.pubsub.topicValidators.delete(topic)
+    await Promise.allSettled([...this.inflight])
   }
 
   /**

@@ -115,7 +115,7 @@ export class MeshNode {
     this.presence?.stop()
     const pubsub = this.host?.services.pubsub
     if (pubsub !== undefined) for (const topic of pubsub.getTopics()) pubsub.unsubscribe(topic)
-    this.bus?.stop()
+    void this.bus?.stop()
   }
 
   get modelsDir (): string {
@@ -163,7 +163,7 @@ export class MeshNode {
     clearTimeout(this.statusDirty)
     await this.statusWrite
     this.presence?.stop()
-    this.bus?.stop()
+    await this.bus?.stop()
     if (this.host !== undefined) await this.host.stop()
     this.host = undefined
     this.state = 'stopped'

@@ -42,7 +42,7 @@ export function writeMeshReport (dir: string, input: { scenario: Scenario, metri
     '| figure | value |',
     '|---|---|',
     `| mesh formed (every head ↔ every agent heard) | ${m.mesh.formedS} s |`,
-    `| time to cover the model and start its pipeline | ${m.coverage.firstS === null ? 'never' : `${m.coverage.firstS} s`} (per head: ${m.coverage.perHeadS.map((x) => x === null ? 'never' : `${x} s`).join(', ')}) |`,
+    `| time to cover the model and start its pipeline | ${m.coverage.firstS === null ? 'never' : `${m.coverage.firstS} s`} (per head: ${m.coverage.perHeadS.map((x, i) => `${x === null ? 'never' : `${x} s`} (${m.coverage.layersAtEnd[i]}/${m.model.nLayer} layers at the end)`).join(', ')}) |`,
     `| contracts signed / active at the end / broken | ${m.contracts.signed} / ${m.contracts.active} / ${m.contracts.broken} |`,
     `| mean contract price per layer | ${m.price.meanPerLayer ?? '—'} credits / M layer-tokens; retail ${m.price.retailPerMTok ?? '—'} / M tokens |`,
     `| market messages per contract | ${m.messages.perContract ?? '—'} (${m.messages.total} in all: ${kv(m.messages.market)}) |`,

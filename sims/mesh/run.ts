@@ -45,7 +45,7 @@ export interface MeshMetrics {
   wallSeconds: number
   model: { name: string, nLayer: number, layerGB: number, quant: string, realBytesPerLayer: number }
   mesh: { formedS: number }
-  coverage: { perHeadS: Array<number | null>, firstS: number | null, pipelines: number }
+  coverage: { perHeadS: Array<number | null>, firstS: number | null, pipelines: number, layersAtEnd: number[] }
   contracts: { signed: number, broken: number, active: number }
   price: { meanPerLayer: number | null, retailPerMTok: number | null }
   messages: { market: Record<string, number>, total: number, perContract: number | null, rejected: Record<string, number> }
@@ -205,8 +205,13 @@ export async function runMeshScenario (s: Scenario, opts: MeshRunOptions = {}): 
       notApplied.unshift(`demand: the workers may lend ${lendableTotal} layers in all, fewer than the model's ${model.nLayer}, so no head can cover it (more agents, or a smaller model)`)
       log(notApplied[0])
     }
-    await waitFor('the first head to assemble its pipeline', () => coveredAt.some((c) => c !== null), lendableTotal < model.nLayer ? 15_000 : 180_000, 100)
-      .catch((err: unknown) => { if (lendableTotal >= model.nLayer) throw err })
+    const coverWaitMs = lendableTotal < model.nLayer ? 15_000 : 180_000
+    await waitFor('the first head to assemble its pipeline', () => coveredAt.some((c) => c !== null), coverWaitMs, 100).catch(() => {
+      if (lendableTotal < model.nLayer) return
+      // Heads compete for the same machines: the cast may not hold enough for any of them. That is a finding, not a crash.
+      notApplied.unshift(`demand: no head covered the model within ${coverWaitMs / 1000} s (heads compete for ${lendableTotal} lendable layers; see the agents table)`)
+      log(notApplied[0])
+    })
 
     // ---- outside demand against the heads' paid APIs, with churn in the middle ----
     const demandMs = coveredAt.some((c) => c !== null) ? (opts.demandSeconds ?? 40) * 1000 : 0
@@ -288,6 +293,7 @@ export async function runMeshScenario (s: Scenario, opts: MeshRunOptions = {}): 
     for (const h of heads) {
       for (const c of await h.agent!.bot.book.contracts({ head: h.node.peerId.toString() })) contracts.set(c.id, { signed: c.signed, status: c.status })
     }
+    const layersAtEnd = heads.map((h) => [...contracts.values()].filter((c) => c.status === 'active' && c.signed.doc.head === h.node.peerId.toString()).reduce((k, c) => k + c.signed.doc.end - c.signed.doc.start, 0))
     const byId = new Map(parts.map((p) => [p.node.peerId.toString(), p]))
     const bounds = { contractsChecked: 0, floorBreaches: 0, ceilingBreaches: 0, memoryBreaches: 0 }
     const layersActive = new Map<string, number>()
@@ -344,7 +350,7 @@ export async function runMeshScenario (s: Scenario, opts: MeshRunOptions = {}): 
       wallSeconds: Math.round((Date.now() - wall0) / 100) / 10,
       model: { name: s.model.name, nLayer: s.model.nLayer, layerGB: s.model.layerGB, quant: s.model.quant, realBytesPerLayer: model.layerBytes },
       mesh: { formedS: round(formedS) },
-      coverage: { perHeadS: coveredAt.map((c) => c === null ? null : round(c)), firstS: minOrNull(coveredAt), pipelines },
+      coverage: { perHeadS: coveredAt.map((c) => c === null ? null : round(c)), firstS: minOrNull(coveredAt), pipelines, layersAtEnd },
       contracts: {
         signed: contracts.size,
         broken: [...contracts.values()].filter((c) => c.status === 'broken').length,
