@@ -159,7 +159,7 @@ export class ClawBot {
       await this.desk.resume()
       await this.syncLifecycle()
       this.lifecycle.send({ type: 'JOINED' })
-      this.ticker = setInterval(() => { void this.tick() }, 250)
+      this.ticker = setInterval(() => { this.ticked = this.tick() }, 250)
       this.log.info('agent up', { brain: this.brain.label, state: this.state, resumedFrom: this.resumedFrom })
     } catch (err) {
       this.lifecycle.send({ type: 'FAIL', error: (err as Error).message })
@@ -245,6 +245,7 @@ export class ClawBot {
     this.stopping = true
     clearInterval(this.ticker)
     this.desk.stop()
+    await this.ticked
     await this.idle().catch(() => {})
     for (const goal of this.goals.values()) await goal.assembled?.pipeline?.stop().catch(() => {})
     try { (this.checkpointer as unknown as { db: { close: () => void } }).db.close() } catch {}
@@ -331,6 +332,8 @@ export class ClawBot {
   // ---- housekeeping: expiry, departures, coverage ----
 
   private ticking = false
+  /** The housekeeping round in progress: shutdown waits for it, so it never meets a closed database. */
+  private ticked: Promise<void> = Promise.resolve()
 
   private async tick (): Promise<void> {
     if (this.ticking || this.stopping || this.pending > 0) return
