@@ -374,7 +374,7 @@ export class ClawBot {
     for (const l of this.brokenListeners) l(goal.model, why)
   }
 
-  /** A worker silent for departAfterMs has left: its contracts break and the head buys the range again. */
+  /** A worker silent for departAfterMs has left: its contracts break (and the head buys the range again). */
   private async detectDepartures (): Promise<void> {
     const me = this.perception.me
     const silentAfter = this.opts.departAfterMs ?? 3 * this.node.config.presenceIntervalMs
@@ -385,9 +385,8 @@ export class ClawBot {
       if (last !== undefined && now - last < silentAfter) continue
       if (last === undefined && now - c.createdAt < silentAfter) continue
       this.log.info('worker left; its contract is broken', { worker: this.perception.nameOf(c.signed.doc.worker), layers: `${c.signed.doc.start}-${c.signed.doc.end}` })
+      // The pipeline, when this contract is one of its own, is torn down by reviewGoal right after.
       await this.book.setContractStatus(c.id, 'broken')
-      const goal = this.goals.get(c.signed.doc.model)
-      if (goal !== undefined) await this.teardown(goal, `worker ${this.perception.nameOf(c.signed.doc.worker)} left`)
     }
     await this.syncLifecycle()
   }
@@ -403,9 +402,8 @@ export class ClawBot {
     const now = Date.now()
     const active = await this.book.contracts({ model: sha, head: this.perception.me, status: 'active' })
     const activeIds = new Set(active.map((c) => c.id))
-    if (goal.assembled !== undefined && !goal.starting && goal.assembled.contracts.some((c) => !activeIds.has(contractId(c.doc)))) {
-      await this.teardown(goal, 'a contract of the pipeline is over')
-    }
+    const gone = goal.assembled?.contracts.find((c) => !activeIds.has(contractId(c.doc)))
+    if (gone !== undefined && !goal.starting) await this.teardown(goal, `the contract of ${this.perception.nameOf(gone.doc.worker)} for layers [${gone.doc.start}, ${gone.doc.end}) is over (broken or lapsed)`)
     const lasting = exactCover(active.filter((c) => !dueForRenewal(c, this.settings.renewBeforeMs, now)).map((c) => c.signed), goal.model.nLayer)
     const cover = lasting ?? exactCover(active.map((c) => c.signed), goal.model.nLayer)
     if (cover !== undefined && !goal.starting) {
