@@ -133,11 +133,18 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
 
   const teardown = async (hard: boolean) => {
     for (const t of timers) clearInterval(t);
-    await Promise.allSettled([...tunnels.values()].map(async (t) => await t.close()));
-    if (server !== undefined) {
-      // After a failure llama-server may be blocked inside an RPC call forever: no grace period.
-      if (hard) server.process.kill('SIGKILL');
-      await server.stop();
+    if (hard) {
+      // After a failure llama-server may be blocked inside an RPC call forever: cut the links, no grace period.
+      await Promise.allSettled([...tunnels.values()].map(async (t) => await t.close()));
+      if (server !== undefined) {
+        server.process.kill('SIGKILL');
+        await server.stop();
+      }
+    } else {
+      // A deliberate stop: llama-server goes first and hangs up its RPC connections, so every tunnel
+      // ends cleanly and the workers see a head that left, not a broken link.
+      await server?.stop();
+      await Promise.allSettled([...tunnels.values()].map(async (t) => await t.close()));
     }
     await proxy?.close();
   };
