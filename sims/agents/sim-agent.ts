@@ -80,7 +80,8 @@ export class SimAgent {
   followingInjection = false
 
   constructor (readonly o: SimAgentOptions) {
-    this.settings = AgentSettingsSchema.parse(o.settings)
+    // The simulator ends contracts at serveUntil and re-buys afterwards (world.ts): no early renewal.
+    this.settings = AgentSettingsSchema.parse({ renewBeforeMs: 0, ...o.settings })
     this.freeBytes = Math.floor(o.profile.freeMemoryGB * 1e9)
     const log = createLogger(o.name, 'silent')
     this.desk = new MarketDesk(o.bus as unknown as GossipBus, o.key, o.peerId, o.bus.networkId, this.book, log)
