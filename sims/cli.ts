@@ -56,7 +56,7 @@ export function meshSummary (m: MeshMetrics): string {
   return [
     `${m.scenario} on ${m.agents} real nodes in ${m.wallSeconds} s: mesh formed in ${m.mesh.formedS} s, covered in ${m.coverage.firstS ?? 'never'} s, ${m.contracts.signed} contracts (${m.contracts.broken} broken), ${m.messages.perContract ?? '—'} market messages each`,
     `  price/layer ${m.price.meanPerLayer ?? '—'}, ${m.demand.served}/${m.demand.requests} requests served (p50 ${m.demand.latencyP50Ms ?? '—'} ms), earnings ${m.earnings.total} (Gini ${m.earnings.gini ?? '—'})`,
-    `  churn ${m.churn.crashes} crashes + ${m.churn.leaves} leaves, back after ${m.churn.recoverS.join(', ') || '—'} s; forged: ${m.fraud.forgedEnvelopes} envelopes, ${m.fraud.forgedReceipts} receipts (${m.fraud.receiptsRefused} refused); bound breaches ${m.bounds.floorBreaches + m.bounds.ceilingBreaches + m.bounds.memoryBreaches}; ledgers conserved ${m.ledger.conserved}`
+    `  churn ${m.churn.crashes} crashes + ${m.churn.leaves} leaves, pipeline back after ${m.churn.recoverS.map((x) => x === null ? 'never' : `${x} s`).join(', ') || '—'}; forged: ${m.fraud.forgedEnvelopes} envelopes, ${m.fraud.forgedReceipts} receipts (${m.fraud.receiptsRefused} refused); bound breaches ${m.bounds.floorBreaches + m.bounds.ceilingBreaches + m.bounds.memoryBreaches}; ledgers conserved ${m.ledger.conserved}`
   ].join('\n')
 }
 

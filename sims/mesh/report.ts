@@ -11,8 +11,8 @@ export function writeMeshReport (dir: string, input: { scenario: Scenario, metri
   const tl = m.timeline
   const xMax = Math.max(1, ...tl.map((p) => p.t))
   const charts: Record<string, string> = {
-    'coverage.svg': lineChart('Layers covered by the first head\'s active contracts', 'seconds since the agents started', 'layers', [
-      { name: 'layers covered', color: COLORS[0], points: tl.map((p) => [p.t, p.layersCovered]) },
+    'coverage.svg': lineChart('Layers under each head\'s active contracts', 'seconds since the agents started', 'layers', [
+      ...m.agentsTable.filter((r) => r.role === 'head').map((r, i) => ({ name: r.name, color: COLORS[i % COLORS.length], points: tl.map((p): [number, number] => [p.t, p.layersByHead[i] ?? 0]) })),
       { name: 'all of the model', color: '#9ca3af', points: [[0, m.model.nLayer], [xMax, m.model.nLayer]] }
     ], { xMax, yMin: 0 }),
     'market.svg': lineChart('Market messages published (all agents) and active contracts', 'seconds since the agents started', 'count', [

@@ -32,7 +32,8 @@ export interface MeshRunOptions {
   logLevel?: LogLevel
 }
 
-export interface MeshSample { t: number, layersCovered: number, activeContracts: number, marketMessages: number, served: number, failed: number }
+/** One sample of the run, every 500 ms; layersByHead: layers under each head's active contracts (renewals overlapping count twice). */
+export interface MeshSample { t: number, layersByHead: number[], activeContracts: number, marketMessages: number, served: number, failed: number }
 
 export interface MeshAgentRow { name: string, peerId: string, profile: string, role: 'head' | 'worker', adversary?: string, floor: number, lendableLayers: number, contracts: number, earned: number, crashed: boolean }
 
@@ -169,13 +170,16 @@ export async function runMeshScenario (s: Scenario, opts: MeshRunOptions = {}): 
       return out
     }
     const sample = async (): Promise<void> => {
-      const head = heads[0]
-      const mine = await head.agent!.bot.book.contracts({ head: head.node.peerId.toString(), status: 'active' })
+      const layersByHead: number[] = []
       let active = 0
-      for (const h of heads) active += (await h.agent!.bot.book.contracts({ head: h.node.peerId.toString(), status: 'active' })).length
+      for (const h of heads) {
+        const mine = await h.agent!.bot.book.contracts({ head: h.node.peerId.toString(), status: 'active' })
+        active += mine.length
+        layersByHead.push(mine.reduce((k, c) => k + c.signed.doc.end - c.signed.doc.start, 0))
+      }
       timeline.push({
         t: since(),
-        layersCovered: mine.reduce((k, c) => k + c.signed.doc.end - c.signed.doc.start, 0),
+        layersByHead,
         activeContracts: active,
         marketMessages: Object.values(marketPublished()).reduce((a, b) => a + b, 0),
         served: demand.served,
