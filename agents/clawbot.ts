@@ -63,9 +63,12 @@ interface Goal {
   restUntil: number
 }
 
-/** Pipeline starts tried per coverage before the head gives up (and says why in its assembly). */
-const PIPELINE_ATTEMPTS = 3
-const PIPELINE_RETRY_MS = 5000
+/**
+ * A pipeline that did not start is tried again after 2 s, then 4, 8, … up to a minute: the first try
+ * often races a worker's rpc-server start, and a long-lived head must not give up on a covered model.
+ */
+const PIPELINE_RETRY_MS = 2000
+const PIPELINE_RETRY_MAX_MS = 60_000
 
 /**
  * One ClawBot: a MeshNode's agent. Market events become turns of its LangGraph graph (one thread per
@@ -371,6 +374,7 @@ export class ClawBot {
     goal.assembled = undefined
     goal.calls = 0
     goal.pipelineFailures = 0
+    goal.retryAt = 0
     for (const l of this.brokenListeners) l(goal.model, why)
   }
 
@@ -408,7 +412,7 @@ export class ClawBot {
     const cover = lasting ?? exactCover(active.map((c) => c.signed), goal.model.nLayer)
     if (cover !== undefined && !goal.starting) {
       const failed = goal.assembled?.pipeline === undefined && goal.assembled?.pipelineError !== undefined
-      if (failed && goal.pipelineFailures < PIPELINE_ATTEMPTS && now >= goal.retryAt) goal.assembled = undefined
+      if (failed && now >= goal.retryAt) goal.assembled = undefined
       const move = lasting !== undefined && goal.assembled?.pipeline !== undefined && !sameContracts(goal.assembled.contracts, lasting) && now >= goal.retryAt
       if (goal.assembled === undefined || move) await this.startPipeline(goal, cover)
     }
@@ -442,12 +446,16 @@ export class ClawBot {
     const previous = goal.assembled
     try {
       if (this.opts.runner !== undefined) assembly.pipeline = await this.opts.runner.run(sorted, goal.model)
-      else assembly.pipelineError = 'no pipeline runner configured'
+      else {
+        assembly.pipelineError = 'no pipeline runner configured'
+        goal.retryAt = Infinity // nothing would change by trying again
+      }
     } catch (err) {
       assembly.pipelineError = (err as Error).message
       goal.pipelineFailures++
-      goal.retryAt = Date.now() + PIPELINE_RETRY_MS
-      this.log.warn('pipeline did not start', { model: goal.model.name, attempt: goal.pipelineFailures, error: assembly.pipelineError })
+      const wait = Math.min(PIPELINE_RETRY_MAX_MS, PIPELINE_RETRY_MS * 2 ** (goal.pipelineFailures - 1))
+      goal.retryAt = Date.now() + wait
+      this.log.warn('pipeline did not start', { model: goal.model.name, attempt: goal.pipelineFailures, retryS: wait / 1000, error: assembly.pipelineError })
     } finally {
       goal.starting = false
     }
