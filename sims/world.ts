@@ -5,7 +5,7 @@ import {
   ReceiptInvalid, ReceiptKind, ReceiptProposalKind, ReceiptSignatureKind, countersignAsHead, receiptAmount, receiptId, sha256Hex, signAsWorker,
   type Receipt, type SignedReceipt
 } from '../protocols/receipts.ts'
-import { contractId, dealCost, encodeEnvelope, sealEnvelope, toBase64Url, utf8, type ModelRef, type SignedContract } from '../protocols/index.ts'
+import { contractId, dealCost, encodeEnvelope, sealEnvelope, toBase64Url, type ModelRef, type SignedContract } from '../protocols/index.ts'
 import { Store } from '../runtime/store/store.ts'
 import { ingestReceipt } from '../runtime/ledger/mirror.ts'
 import { EXTERNAL_TOPUP, agentAccount, allBalances, appendTransfers, conservation, headAccount, verifyChain } from '../runtime/ledger/ledger.ts'
@@ -16,7 +16,8 @@ import { SimAgent } from './agents/sim-agent.ts'
 import type { Adversary } from './roster.ts'
 import { DEFAULT_PROFILES, type Scenario } from './scenario.ts'
 import { castScenario } from './roster.ts'
-import { gini } from './lib/stats.ts'
+import { gini, round } from './lib/stats.ts'
+import { receiptWithForgedHead } from './lib/forgery.ts'
 
 const MINUTE = 60_000
 const HOUR = 60 * MINUTE
@@ -392,11 +393,9 @@ export async function runScenario (s: Scenario, opts: RunOptions = {}): Promise<
         const heads = agents.filter((a) => a.o.head && a.o.adversary === undefined)
         const victim = fRng.pick(heads)
         // 1. A receipt for work never done: real worker signature, the head's countersignature forged.
-        const fake: Receipt = { contract: sha256Hex(`fake-${clock.now()}-${f.id}`).slice(0, 32), seq: 1, tokens: 5_000_000, prior: 0, layers: 10, modelHash: model.sha256, price: s.heads.ceiling, head: victim.id, worker: f.id, ts: clock.now() }
-        const ws = await signAsWorker(f.o.key, fake)
-        const headSig = toBase64Url(await f.o.key.sign(utf8(`clawmesh/receipt-head/v1\n${JSON.stringify(fake)}`)))
+        const forged = await receiptWithForgedHead(f.o.key, { head: victim.id, modelHash: model.sha256, price: s.heads.ceiling, now: clock.now() })
         bump(m.fraud.attempts, 'forged-head-signature'); m.fraud.forgedReceipts++
-        await f.o.bus.publish(ReceiptKind, { ...ws, headSig })
+        await f.o.bus.publish(ReceiptKind, forged)
         // 2. A real settled receipt with its tokens inflated tenfold (signatures kept).
         const real = booked.length > 0 ? booked[fRng.int(0, booked.length)] : undefined
         if (real !== undefined) {
@@ -408,7 +407,7 @@ export async function runScenario (s: Scenario, opts: RunOptions = {}): Promise<
         }
         // 4. Envelope attacks: a signed envelope altered after signing, another peer's envelope
         //    re-published as ours, and our own envelope sent twice.
-        const env = await sealEnvelope(f.o.key, ReceiptKind, { ...ws, headSig }, { networkId: 'sim', now: clock.now(), id: toBase64Url(fRng.bytes(16)) })
+        const env = await sealEnvelope(f.o.key, ReceiptKind, forged, { networkId: 'sim', now: clock.now(), id: toBase64Url(fRng.bytes(16)) })
         const tampered = encodeEnvelope({ ...env, body: { ...env.body, receipt: { ...env.body.receipt, tokens: 1 } } } as typeof env)
         const topic = f.o.bus.topic(ReceiptKind.kind)
         m.fraud.envelopeAttacks += 3
@@ -551,10 +550,6 @@ export async function runScenario (s: Scenario, opts: RunOptions = {}): Promise<
   }
 }
 
-function round (x: number, digits = 2): number {
-  const f = 10 ** digits
-  return Math.round(x * f) / f
-}
 function nullRound (x: number | null): number | null {
   return x === null ? null : round(x)
 }

@@ -88,7 +88,7 @@ export class MemoryBook extends NegotiationBook {
     if (c !== undefined) c.status = status
   }
 
-  override async contracts (q: { model?: string, head?: string, worker?: string, status?: string, cfpId?: string } = {}): Promise<StoredContract[]> {
+  override async contracts (q: { model?: string, head?: string, worker?: string, status?: string, cfpId?: string, lapsedBy?: number } = {}): Promise<StoredContract[]> {
     const out: Array<StoredContract & { order: number }> = []
     for (const c of this.cons.values()) {
       const d = c.signed.doc
@@ -97,6 +97,7 @@ export class MemoryBook extends NegotiationBook {
       if (q.worker !== undefined && d.worker !== q.worker) continue
       if (q.status !== undefined && c.status !== q.status) continue
       if (q.cfpId !== undefined && c.cfpId !== q.cfpId) continue
+      if (q.lapsedBy !== undefined && d.serveUntil > q.lapsedBy) continue
       out.push(c)
     }
     out.sort((a, b) => a.signed.doc.start - b.signed.doc.start || a.createdAt - b.createdAt || a.order - b.order)

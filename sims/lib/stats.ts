@@ -15,3 +15,9 @@ export function gini (values: number[]): number {
   xs.forEach((x, i) => { acc += (2 * (i + 1) - n - 1) * x })
   return acc / (n * sum)
 }
+
+/** x rounded to `digits` decimals. */
+export function round (x: number, digits = 2): number {
+  const f = 10 ** digits
+  return Math.round(x * f) / f
+}

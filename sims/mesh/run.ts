@@ -1,8 +1,9 @@
 import { copyFile, mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { MARKET_KINDS, encodeEnvelope, marketScope, sealEnvelope, toBase64Url, utf8, type ModelRef, type SignedContract } from '../../protocols/index.ts'
-import { ReceiptKind, sha256Hex, signAsWorker, type Receipt } from '../../protocols/receipts.ts'
+import { MARKET_KINDS, dealCost, encodeEnvelope, marketScope, sealEnvelope, toBase64Url, type ModelRef, type SignedContract } from '../../protocols/index.ts'
+import { ReceiptKind } from '../../protocols/receipts.ts'
+import { receiptWithForgedHead } from '../lib/forgery.ts'
 import { openLoopbackNode, stopAll, waitFor } from '../../runtime/node/local-mesh.ts'
 import type { MeshNode } from '../../runtime/node/node.ts'
 import type { LogLevel } from '../../runtime/log.ts'
@@ -12,7 +13,7 @@ import { agentAccount, allBalances, conservation, verifyChain } from '../../runt
 import { modelRefFromGguf } from '../../skills/assembly/model.ts'
 import { startAgentFor, type RunningAgent } from '../../agents/cli.ts'
 import { Rng } from '../core/rng.ts'
-import { gini, percentile } from '../lib/stats.ts'
+import { gini, percentile, round } from '../lib/stats.ts'
 import { castScenario, lendableLayers, type Member } from '../roster.ts'
 import type { Scenario } from '../scenario.ts'
 import { injectorBrain } from './injector-brain.ts'
@@ -408,7 +409,7 @@ async function pickVictim (heads: Participant[], parts: Participant[], rng: Rng)
 function retailPerMTok (head: Participant, model: ModelRef): number | undefined {
   const assembled = head.agent!.bot.assembly(model.sha256)
   if (assembled?.pipeline === undefined) return undefined
-  return assembled.contracts.reduce((k, c) => k + c.doc.price * (c.doc.end - c.doc.start), 0) + (head.node.config.gateway?.networkFeePerMTok ?? 0)
+  return assembled.contracts.reduce((k, c) => k + dealCost(c.doc), 0) + (head.node.config.gateway?.networkFeePerMTok ?? 0)
 }
 
 /** One outside user's chat request through a head's paid API (the OpenAI wire format). */
@@ -453,13 +454,10 @@ async function forge (f: Participant, victimHead: Participant, model: ModelRef, 
   const tampered = { ...env, sig: toBase64Url(new Uint8Array(64)) }
   fraud.forgedEnvelopes++
   await f.node.host!.services.pubsub.publish(bus.topic(cfp.kind, marketScope(model.sha256)), encodeEnvelope(tampered as never))
-  const fake: Receipt = { contract: sha256Hex(`forged-${Date.now()}-${f.node.peerId.toString()}`).slice(0, 32), seq: 1, tokens: 5_000_000, prior: 0, layers: 10, modelHash: model.sha256, price: 1000, head: victimHead.node.peerId.toString(), worker: f.node.peerId.toString(), ts: Date.now() }
-  const ws = await signAsWorker(f.node.key, fake)
-  const headSig = toBase64Url(await f.node.key.sign(utf8(JSON.stringify(fake))))
+  const forged = await receiptWithForgedHead(f.node.key, { head: victimHead.node.peerId.toString(), modelHash: model.sha256, price: 1000, now: Date.now() })
   fraud.forgedReceipts++
-  await bus.publish(ReceiptKind, { ...ws, headSig })
+  await bus.publish(ReceiptKind, forged)
 }
 
-const round = (x: number): number => Math.round(x * 100) / 100
 const roundOrNull = (x: number | undefined): number | null => x === undefined ? null : round(x)
 const minOrNull = (xs: Array<number | null>): number | null => { const v = xs.filter((x): x is number => x !== null); return v.length === 0 ? null : round(Math.min(...v)) }

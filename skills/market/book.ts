@@ -163,7 +163,8 @@ export class NegotiationBook {
    * worker's memory and deal slot are free again. Returns the contracts that ended now.
    */
   async endLapsedContracts (now = Date.now()): Promise<StoredContract[]> {
-    const lapsed = (await this.contracts({ status: 'active' })).filter((c) => c.signed.doc.serveUntil <= now)
+    // Every agent runs this each housekeeping round: let sqlite find the few lapsed ones.
+    const lapsed = await this.contracts({ status: 'active', lapsedBy: now })
     for (const c of lapsed) {
       // Threads first: interrupted between the two, the contract is still active and the next sweep redoes both.
       await this.db.run("UPDATE market_threads SET status = 'expired', updated_at = ? WHERE cfp_id = ? AND peer IN (?, ?) AND status = 'contracted'",
@@ -177,7 +178,8 @@ export class NegotiationBook {
     await this.db.run('UPDATE contracts SET status = ? WHERE id = ?', [status, id])
   }
 
-  async contracts (q: { model?: string, head?: string, worker?: string, status?: string, cfpId?: string } = {}): Promise<StoredContract[]> {
+  /** Contracts matching every given field; `lapsedBy`: only those whose term ended by then. */
+  async contracts (q: { model?: string, head?: string, worker?: string, status?: string, cfpId?: string, lapsedBy?: number } = {}): Promise<StoredContract[]> {
     const where: string[] = []
     const params: unknown[] = []
     if (q.model !== undefined) { where.push('model_sha256 = ?'); params.push(q.model) }
@@ -185,6 +187,7 @@ export class NegotiationBook {
     if (q.worker !== undefined) { where.push('worker = ?'); params.push(q.worker) }
     if (q.status !== undefined) { where.push('status = ?'); params.push(q.status) }
     if (q.cfpId !== undefined) { where.push('cfp_id = ?'); params.push(q.cfpId) }
+    if (q.lapsedBy !== undefined) { where.push('expires_at <= ?'); params.push(q.lapsedBy) }
     const rows = await this.db.all<Record<string, unknown>>(
       `SELECT id, cfp_id, document, status, created_at FROM contracts ${where.length > 0 ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY layer_start, created_at`, params)
     return rows.map((r) => ({
