@@ -1,9 +1,9 @@
 import { freemem } from 'node:os'
-import { dealCost, type Envelope, type LayerRange, type ModelRef } from '../protocols/index.ts'
+import { type Envelope, type LayerRange, type ModelRef } from '../protocols/index.ts'
 import type { MeshNode } from '../runtime/node/node.ts'
 import type { AgentSettings } from '../runtime/config.ts'
 import type { NegotiationBook } from '../skills/market/book.ts'
-import { dueForRenewal } from '../skills/market/expiry.ts'
+import { headCommitments } from '../skills/market/holdings.ts'
 import { boundsFrom, type Bounds } from './policy.ts'
 import { observationMessage, type AgentEvent, type Observation, type ThreadView } from './observation.ts'
 import type { HumanMessage } from '@langchain/core/messages'
@@ -42,26 +42,12 @@ export class Perception {
    * rather than for both at once.
    */
   async headHoldings (model: string, cfpId?: string): Promise<{ ranges: LayerRange[], spent: number, spentInCall: number }> {
-    const ranges: LayerRange[] = []
-    let spent = 0
-    let spentInCall = 0
-    const seen = new Set<string>()
-    for (const c of await this.book.contracts({ model, head: this.me, status: 'active' })) {
-      seen.add(`${c.cfpId}/${c.signed.doc.worker}`)
-      if (dueForRenewal(c, this.settings.renewBeforeMs)) continue
-      ranges.push({ start: c.signed.doc.start, end: c.signed.doc.end })
-      spent += dealCost(c.signed.doc)
-      if (c.cfpId === cfpId) spentInCall += dealCost(c.signed.doc)
+    const held = await headCommitments(this.book, this.me, model, { renewBeforeMs: this.settings.renewBeforeMs })
+    return {
+      ranges: held.map((h) => h.range),
+      spent: held.reduce((s, h) => s + h.cost, 0),
+      spentInCall: held.filter((h) => h.cfpId === cfpId).reduce((s, h) => s + h.cost, 0)
     }
-    for (const n of await this.book.negotiations({ role: 'head', model, status: ['open', 'choosing'] })) {
-      for (const t of await this.book.threads(n.cfpId)) {
-        if (t.status !== 'accepted' || seen.has(`${n.cfpId}/${t.peer}`)) continue
-        ranges.push({ start: t.terms.start, end: t.terms.end })
-        spent += dealCost(t.terms)
-        if (n.cfpId === cfpId) spentInCall += dealCost(t.terms)
-      }
-    }
-    return { ranges, spent, spentInCall }
   }
 
   /** The counterpart's latest words in a negotiation, from the stored dialogue. */

@@ -1,7 +1,7 @@
 import { loadavg, cpus } from 'node:os'
 import { dealCost, overlapsAny, type Cfp, type LayerRange, type Terms } from '../protocols/index.ts'
 import type { AgentSettings } from '../runtime/config.ts'
-import { dueForRenewal } from '../skills/market/expiry.ts'
+import { headCommitments } from '../skills/market/holdings.ts'
 import type { NegotiationBook } from '../skills/market/book.ts'
 import type { MarketAction, MarketGuard, Verdict } from '../skills/market/guard.ts'
 
@@ -129,33 +129,13 @@ export class OwnerPolicy implements MarketGuard {
   private async asHead (cfpId: string, model: string, want: LayerRange, cfpBudget: number, peer: string, t: Terms, b: Bounds): Promise<Verdict> {
     if (t.price > b.ceiling) return no(`price ${t.price} is above the ceiling of ${b.ceiling} per layer`)
     if (t.start < want.start || t.end > want.end) return no(`layers [${t.start}, ${t.end}) are outside the called range [${want.start}, ${want.end})`)
-    const held = await this.headCommitments(model, cfpId, peer)
+    const held = await headCommitments(this.deps.book, this.deps.me, model, { renewBeforeMs: this.deps.renewBeforeMs ?? 0, now: this.deps.now?.(), except: { cfpId, peer } })
     if (overlapsAny(t, held.map((h) => h.range))) return no(`layers [${t.start}, ${t.end}) overlap layers already bought or being bought`)
     const spentInCall = held.filter((h) => h.cfpId === cfpId).reduce((s, h) => s + h.cost, 0)
     const spentOnModel = held.reduce((s, h) => s + h.cost, 0)
     if (spentInCall + dealCost(t) > cfpBudget) return no(`this deal (${dealCost(t)}) would take the call past its budget of ${cfpBudget} (${spentInCall} committed)`)
     if (spentOnModel + dealCost(t) > b.budget) return no(`this deal (${dealCost(t)}) would take the model past the owner's budget of ${b.budget} (${spentOnModel} committed)`)
     return yes
-  }
-
-  /** Ranges this head holds for a model: active contracts and acceptances in flight (but not the one under review). */
-  private async headCommitments (model: string, cfpId: string, peer: string): Promise<Array<{ cfpId: string, range: LayerRange, cost: number }>> {
-    const out: Array<{ cfpId: string, range: LayerRange, cost: number }> = []
-    const contracted = new Set<string>()
-    const now = this.deps.now?.() ?? Date.now()
-    for (const c of await this.deps.book.contracts({ model, head: this.deps.me, status: 'active' })) {
-      if (c.cfpId === cfpId && c.signed.doc.worker === peer) continue
-      contracted.add(`${c.cfpId}/${c.signed.doc.worker}`)
-      if (dueForRenewal(c, this.deps.renewBeforeMs ?? 0, now)) continue
-      out.push({ cfpId: c.cfpId, range: { start: c.signed.doc.start, end: c.signed.doc.end }, cost: dealCost(c.signed.doc) })
-    }
-    for (const n of await this.deps.book.negotiations({ role: 'head', model, status: ['open', 'choosing'] })) {
-      for (const th of await this.deps.book.threads(n.cfpId)) {
-        if (th.status !== 'accepted' || (n.cfpId === cfpId && th.peer === peer) || contracted.has(`${n.cfpId}/${th.peer}`)) continue
-        out.push({ cfpId: n.cfpId, range: { start: th.terms.start, end: th.terms.end }, cost: dealCost(th.terms) })
-      }
-    }
-    return out
   }
 }
 
