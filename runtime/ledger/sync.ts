@@ -92,6 +92,7 @@ export class ReceiptSync {
   private readonly limits: SyncLimits
   private readonly opts: Required<Omit<ReceiptSyncOptions, 'limits'>>
   private readonly outbound = new Map<string, Promise<SyncReport>>()
+  private queue: Promise<unknown> = Promise.resolve()
   private readonly timers = new Set<NodeJS.Timeout>()
   private readonly stopping = new AbortController()
   private inbound = 0
@@ -144,7 +145,10 @@ export class ReceiptSync {
     const key = peerId.toString()
     const running = this.outbound.get(key)
     if (running !== undefined) return await running
-    const session = this.initiate(peerId).finally(() => this.outbound.delete(key))
+    // One session at a time: a node that reconnects to several peers at once would otherwise pull the
+    // same missing receipts from each of them; in turn, the second finds the first already booked them.
+    const session = this.queue.then(async () => await this.initiate(peerId)).finally(() => this.outbound.delete(key))
+    this.queue = session.catch(() => {})
     this.outbound.set(key, session)
     return await session
   }
@@ -190,6 +194,7 @@ export class ReceiptSync {
     } catch (err) {
       this.stats.failed++
       const e = this.classify(err, signal)
+      if (e instanceof SyncRejected) this.count(e.reason, report.peer, e.message)
       stream?.abort(e)
       throw e
     }
