@@ -204,12 +204,15 @@ export class ReceiptSync {
   private async take (doc: unknown, requested: Set<string>, report: SyncReport): Promise<void> {
     this.stats.pulled++
     const parsed = SignedReceiptSchema.safeParse(doc)
-    if (parsed.success && !requested.delete(receiptId(parsed.data.receipt))) {
-      this.reject(report, 'unrequested', `receipt ${parsed.data.receipt.contract}#${parsed.data.receipt.seq} was not asked for (or sent twice)`)
+    const id = parsed.success ? receiptId(parsed.data.receipt) : undefined
+    if (id !== undefined && !requested.has(id)) {
+      this.reject(report, 'unrequested', `receipt ${parsed.data!.receipt.contract}#${parsed.data!.receipt.seq} was not asked for (or was sent twice)`)
       return
     }
     try {
       const result = await ingestReceipt(this.node.store.db, this.node.peerId.toString(), doc)
+      // Only a receipt that verified answers the request: a forged copy sent first does not use it up.
+      if (id !== undefined) requested.delete(id)
       if (result === 'booked') { report.booked++; this.stats.booked++ } else report.duplicate++
     } catch (err) {
       if (err instanceof ReceiptInvalid) { this.reject(report, 'bad-receipt', err.message); return }

@@ -107,15 +107,16 @@ describe('receipt sync', () => {
     expect(service.sync!.stats.booked).toBe(40)
     expect(Object.values(service.sync!.stats.rejected).every((n) => n === 0)).toBe(true)
     expect((await verifyChain(back.store.db)).ok).toBe(true)
-    expect(took).toBeLessThan(5000)
+    // About 1 s on an idle 2-core machine; the margin is for CI's neighbours.
+    expect(took).toBeLessThan(8000)
     console.log(`receipt sync: restarted node booked 40 missed receipts ${took} ms after start; sent ${service.sync!.stats.bytesSent} B, received ${service.sync!.stats.bytesReceived} B`)
   })
 
   it('two nodes missing disjoint receipts both converge on connecting', async () => {
     const [head, w1, w2] = await Promise.all([0, 1, 2].map(async () => await generateKeyPair('Ed25519')))
-    const shared = await receipts(head, w1, 'c-a', 1, 301)
-    const onlyA = [...await receipts(head, w1, 'c-a', 301, 401), ...await receipts(head, w2, 'c-b', 1, 151)]
-    const onlyB = await receipts(head, w2, 'c-b', 151, 401)
+    const shared = await receipts(head, w1, 'c-a', 1, 101)
+    const onlyA = [...await receipts(head, w1, 'c-a', 101, 201), ...await receipts(head, w2, 'c-b', 1, 51)]
+    const onlyB = await receipts(head, w2, 'c-b', 51, 201)
     const a = await lone('a')
     const b = await lone('b')
     await book(a.node, [...shared, ...onlyA])
@@ -123,7 +124,7 @@ describe('receipt sync', () => {
 
     const started = Date.now()
     await b.node.host!.dial(a.node.host!.getMultiaddrs()[0])
-    await waitFor('both nodes to hold every receipt', async () => await settledCount(a.node) === 800 && await settledCount(b.node) === 800, 15_000)
+    await waitFor('both nodes to hold every receipt', async () => await settledCount(a.node) === 400 && await settledCount(b.node) === 400, 15_000)
     const took = Date.now() - started
     const all = [...shared, ...onlyA, ...onlyB]
     const expected = earningsFromReceipts(all)
@@ -136,17 +137,30 @@ describe('receipt sync', () => {
     expect(a.service.sync!.stats.booked).toBe(onlyB.length)
     expect(b.service.sync!.stats.booked).toBe(onlyA.length)
     const bytes = (s: ReceiptService): number => s.sync!.stats.bytesSent + s.sync!.stats.bytesReceived
-    console.log(`receipt sync: 2 nodes, 300 shared, 250 missing each way, converged in ${took} ms; ${bytes(a.service)} B on the wire`)
+    console.log(`receipt sync: 2 nodes, 100 shared, 150 missing each way, converged in ${took} ms; ${bytes(a.service)} B on the wire`)
+  })
+
+  it('connected nodes that missed gossip converge at the next periodic session', async () => {
+    const [head, worker] = await Promise.all([0, 1].map(async () => await generateKeyPair('Ed25519')))
+    // No connect-time sync: only the periodic session (every 400 ms ±25 % here) can bring them.
+    const a = await lone('a', { connectDelayMs: 3_600_000, intervalMs: 400 })
+    const b = await lone('b', { connectDelayMs: 3_600_000, intervalMs: 400 })
+    await b.node.host!.dial(a.node.host!.getMultiaddrs()[0])
+    // Booked after connecting and never gossiped: as if both had lost the gossip of the other's receipts.
+    await book(a.node, await receipts(head, worker, 'c-1', 1, 21))
+    await book(b.node, await receipts(head, worker, 'c-1', 21, 31))
+    await waitFor('the periodic sessions to converge both nodes', async () => await settledCount(a.node) === 30 && await settledCount(b.node) === 30, 10_000)
+    expect(await agentBalances(a.node)).toEqual(await agentBalances(b.node))
+    expect((await agentBalances(a.node))[`agent:${peer(worker)}`]).toBe(60)
   })
 
   it('a forged or tampered receipt from a sync peer is refused with its reason, not booked', async () => {
     const [head, worker, stranger] = await Promise.all([0, 1, 2].map(async () => await generateKeyPair('Ed25519')))
     const genuine = await receipts(head, worker, 'c-1', 1, 6)
-    const [t6, f7] = await receipts(head, worker, 'c-1', 6, 8)
-    // Tampered: more tokens than the worker signed for. Forged: countersigned by someone not the head.
+    const [t6, g8, g9] = await receipts(head, worker, 'c-1', 6, 10)
+    // Tampered: more tokens than the worker signed for. Forged: the head's countersignature is someone else's.
     const tampered = { ...t6, receipt: { ...t6.receipt, tokens: 900_000 } }
-    const forged = await countersignAsHead(stranger, await signAsWorker(worker, { ...f7.receipt, head: peer(stranger) }))
-    const wrongHead = { ...forged, receipt: { ...forged.receipt, head: peer(head) } }
+    const forged = { ...g9, headSig: (await countersignAsHead(stranger, await signAsWorker(worker, { ...g9.receipt, head: peer(stranger) }))).headSig }
     const evil = await lone('evil')
     const victim = await lone('victim')
     await book(evil.node, genuine)
@@ -157,8 +171,9 @@ describe('receipt sync', () => {
         [id, contract, seq, peer(head), peer(worker), JSON.stringify(doc)])
     }
     await insert(receiptId(tampered.receipt), 'x-1', 1, tampered)
-    await insert(receiptId(wrongHead.receipt), 'x-2', 1, wrongHead)
-    await insert('ab'.repeat(32), 'x-3', 1, f7)
+    await insert(receiptId(forged.receipt), 'x-2', 1, forged)
+    // A genuine receipt, but not the one asked for: whatever a peer sends must answer our request.
+    await insert('ab'.repeat(32), 'x-3', 1, g8)
 
     await victim.node.host!.dial(evil.node.host!.getMultiaddrs()[0])
     const stats = victim.service.sync!.stats
