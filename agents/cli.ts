@@ -102,7 +102,7 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
       const step = async (f: () => unknown): Promise<void> => { try { await f() } catch (err) { errors.push(err) } }
       for (const g of gateways.values()) await step(async () => { await (await g)?.stop() })
       await step(async () => { await bot.stop() })
-      await step(() => { receipts.stop() })
+      await step(async () => { await receipts.stop() })
       await step(async () => { await (await serving)?.() })
       if (errors.length > 0) throw new AggregateError(errors, `stopping the agent of ${node.config.name}: ${errors.map((e) => (e as Error).message).join('; ')}`)
     }
