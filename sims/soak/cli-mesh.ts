@@ -33,6 +33,19 @@ export function meshEnv (root: string, extra: Record<string, string> = {}): Node
   return { ...env, CLAWMESH_ROOT: root, CLAWMESH_MDNS: '0', CLAWMESH_PROBE_GPU: '0', ...extra }
 }
 
+/** One `clawmesh` command to completion (killed after timeoutMs), with what it printed. */
+export async function runClawmesh (args: string[], env: NodeJS.ProcessEnv, timeoutMs = 60_000): Promise<CliResult> {
+  const child = spawn(process.execPath, [CLAWMESH_BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
+  clearTimeout(timer)
+  return { code, stdout, stderr }
+}
+
 export class CliMesh {
   readonly members = new Map<string, Member>()
   private readonly logs = new Map<string, WriteStream>()
@@ -40,15 +53,7 @@ export class CliMesh {
   constructor (readonly root: string, readonly env: NodeJS.ProcessEnv = meshEnv(root)) {}
 
   async cli (args: string[], timeoutMs = 60_000): Promise<CliResult> {
-    const child = spawn(process.execPath, [CLAWMESH_BIN, ...args], { env: this.env, stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
-    const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
-    clearTimeout(timer)
-    return { code, stdout, stderr }
+    return await runClawmesh(args, this.env, timeoutMs)
   }
 
   async cliOk (args: string[], timeoutMs?: number): Promise<string> {
