@@ -491,8 +491,9 @@ export class ClawBot {
     if (lasting !== undefined) return
     const inPlay = (await this.book.negotiations({ role: 'head', model: sha, status: ['open', 'choosing'] })).length > 0
     if (inPlay || this.pending > 0) return
-    // Workers learn of a model from our presence and then subscribe: a call made before anyone listens is wasted.
-    if (this.desk.listeners(sha) === 0 && Date.now() - goal.since < 10_000) return
+    // Workers learn of a model from our presence and then subscribe: a call made while nobody listens is
+    // wasted, and used to spend the head's calls (then a 60 s rest) before its first workers had started.
+    if (this.desk.listeners(sha) === 0) return
     const held = await this.perception.headHoldings(sha)
     const missing = coverage(held.ranges, goal.model.nLayer).gaps
     if (missing.length === 0) return

@@ -77,6 +77,20 @@ function rates (samples: Sample[], field: 'streams' | 'dhtStreams' | 'dials'): {
   return { first: rate(samples.slice(0, third)), last: rate(samples.slice(-third)) }
 }
 
+/** Workers holding an active contract with the head (read from the head's database while it runs). */
+async function servingWorkers (headHome: string): Promise<Set<string>> {
+  const store = await Store.open(join(headHome, DATABASE_FILE))
+  try {
+    return new Set((await store.db.all<{ worker: string }>("SELECT worker FROM contracts WHERE status = 'active'")).map((r) => r.worker))
+  } finally {
+    await store.close()
+  }
+}
+
+function peerIdOf (mesh: CliMesh, name: string): string {
+  return mesh.member(name).output.match(/is up: (\S+)/)?.[1] ?? ''
+}
+
 export async function runSoak (o: SoakOptions): Promise<SoakReport> {
   const root = await mkdtemp(join(tmpdir(), 'clawmesh-soak-'))
   const mesh = new CliMesh(root)
@@ -125,8 +139,11 @@ export async function runSoak (o: SoakOptions): Promise<SoakReport> {
     const loop = requestLoop({ baseUrl, apiKey: key.secret, model, intervalMs: 500 }, stop.signal, (r) => { outcomes.push(r) })
     if (o.killEveryMin > 0) {
       let next = 0
-      timers.push(setInterval(() => {
-        const name = workers[next++ % workers.length]
+      timers.push(setInterval(() => { void (async () => {
+        // A worker of the running pipeline when there is one (killing an idle spare tests nothing).
+        const serving = await servingWorkers(mesh.home('head')).catch(() => new Set<string>())
+        const candidates = workers.filter((w) => mesh.running(w) && serving.has(peerIdOf(mesh, w)))
+        const name = candidates.length > 0 ? candidates[next++ % candidates.length] : workers[next++ % workers.length]
         kills.push({ at: Date.now(), name })
         log(`kill -9 ${name}`)
         void mesh.kill(name, 'SIGKILL').then(async () => {
@@ -135,7 +152,7 @@ export async function runSoak (o: SoakOptions): Promise<SoakReport> {
           log(`restart ${name}`)
           await mesh.start(name).catch((err: Error) => log(`restart of ${name} failed: ${err.message}`))
         })
-      }, o.killEveryMin * 60_000))
+      })() }, o.killEveryMin * 60_000))
     }
     const progress = setInterval(() => {
       const recent = outcomes.filter((r) => r.at > Date.now() - 60_000)

@@ -92,7 +92,7 @@ describe('a mesh made with the CLI stays up and heals', () => {
     const lc = new ChatOpenAI({ model, apiKey, configuration: { baseURL }, maxTokens: 8, temperature: 0, maxRetries: 0 })
     const reply = await lc.invoke('hello from langchain')
     expect(String(reply.content).length).toBeGreaterThan(0)
-  })
+  }, 60_000)
 
   it('survives kill -9 of a serving worker mid-stream: a spare takes over and the ledgers agree', async () => {
     const before = await activeContracts(mesh.home('head'))
@@ -135,7 +135,7 @@ describe('a mesh made with the CLI stays up and heals', () => {
       const earned = JSON.parse(views[0]) as Record<string, number>
       return new Set(views).size === 1 && Object.values(earned).some((v) => v > 0) ? true : undefined
     }, 90_000, 1000)
-  })
+  }, 300_000)
 
   it('rebuilds after a head restart without breaking contracts whose workers are alive', async () => {
     const before = await activeContracts(mesh.home('head'))
@@ -149,5 +149,5 @@ describe('a mesh made with the CLI stays up and heals', () => {
     const after = await activeContracts(mesh.home('head'))
     // The contracts whose workers stayed up were kept, not broken and bought again.
     expect(after.filter((c) => before.some((b) => b.id === c.id)).length).toBeGreaterThan(0)
-  })
+  }, 180_000)
 })
