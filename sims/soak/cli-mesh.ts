@@ -16,6 +16,8 @@ export interface Member {
   name: string
   home: string
   port: number
+  /** Its PeerId, as `clawmesh start` printed it. */
+  peerId?: string
   proc?: ChildProcess
   /** Everything the running process printed (also written to <root>/<name>.log). */
   output: string
@@ -118,7 +120,7 @@ export class CliMesh {
     proc.stdout.on('data', onData)
     proc.stderr.on('data', onData)
     m.exited = new Promise((resolve) => proc.on('close', resolve))
-    await this.waitFor(name, /is up: /, timeoutMs)
+    m.peerId = (await this.waitFor(name, /is up: (\S+)/, timeoutMs))[1]
     return m
   }
 

@@ -88,7 +88,7 @@ async function servingWorkers (headHome: string): Promise<Set<string>> {
 }
 
 function peerIdOf (mesh: CliMesh, name: string): string {
-  return mesh.member(name).output.match(/is up: (\S+)/)?.[1] ?? ''
+  return mesh.member(name).peerId ?? ''
 }
 
 export async function runSoak (o: SoakOptions): Promise<SoakReport> {

@@ -98,7 +98,7 @@ describe('a mesh made with the CLI stays up and heals', () => {
     const before = await activeContracts(mesh.home('head'))
     const serving = new Set(before.map((c) => c.worker))
     expect(serving.size).toBeGreaterThan(0)
-    const victim = [...mesh.members.values()].find((m) => m.name !== 'head' && serving.has(m.output.match(/is up: (\S+)/)?.[1] ?? ''))
+    const victim = [...mesh.members.values()].find((m) => m.name !== 'head' && serving.has(m.peerId ?? ''))
     expect(victim, 'a worker of the pipeline').toBeDefined()
 
     // A long stream is in flight when the worker dies: the client gets a clear error, not a hang.
@@ -119,7 +119,7 @@ describe('a mesh made with the CLI stays up and heals', () => {
     console.log(`serving again ${back - killedAt} ms after kill -9 of ${victim!.name}; statuses meanwhile: ${[...new Set(statuses)].join(', ')}`)
     expect(statuses.filter((s) => s !== 200 && s !== 503 && s !== 0)).toEqual([])
     const after = await activeContracts(mesh.home('head'))
-    const victimId = victim!.output.match(/is up: (\S+)/)![1]
+    const victimId = victim!.peerId!
     expect(after.some((c) => c.worker === victimId)).toBe(false)
 
     // The killed worker comes back: its stale contract is ended (reconciled with the head), and it
