@@ -130,11 +130,12 @@ describe('a mesh made with the CLI stays up and heals', () => {
       return mine.some((c) => c.head === before[0].head) ? undefined : true
     }, 60_000, 500)
     await paidRequest({ baseUrl: baseURL, apiKey, model, maxTokens: 8 }, false)
+    let views: string[] = []
     await until('every ledger view agrees', async () => {
-      const views = await Promise.all([...mesh.members.keys()].map(async (n) => JSON.stringify(await agentBalances(mesh.home(n)))))
+      views = await Promise.all([...mesh.members.keys()].map(async (n) => JSON.stringify(await agentBalances(mesh.home(n)))))
       const earned = JSON.parse(views[0]) as Record<string, number>
       return new Set(views).size === 1 && Object.values(earned).some((v) => v > 0) ? true : undefined
-    }, 90_000, 1000)
+    }, 90_000, 1000).catch((err: Error) => { throw new Error(`${err.message}; views: ${[...mesh.members.keys()].map((n, i) => `${n} ${views[i]}`).join(' | ')}`) })
   }, 300_000)
 
   it('rebuilds after a head restart without breaking contracts whose workers are alive', async () => {
