@@ -1,7 +1,14 @@
-// A loopback TCP proxy that counts bytes and can hold every chunk D ms each way: home-link
-// emulation for direct-TCP runs (this kernel has no netem qdisc).
+// A loopback TCP proxy that counts bytes and can hold every chunk D ms each way and cap each
+// direction's bandwidth: home-link emulation for direct-TCP runs (this kernel has no netem qdisc).
 import { connect, createServer, type Server } from 'node:net';
 import { socketEndpoint, splice, type Splice } from './splice.js';
+
+export interface DelayProxyOptions {
+  /** One-way delay, each way. */
+  delayMs?: number;
+  /** Cap per direction in Mbit/s (each connection paced on its own, as each RPC link is its own path). */
+  bandwidthMbit?: number;
+}
 
 export interface DelayProxy {
   /** host:port to give clients instead of the target. */
@@ -11,7 +18,8 @@ export interface DelayProxy {
   close(): Promise<void>;
 }
 
-export async function startDelayProxy(target: string, delayMs = 0): Promise<DelayProxy> {
+export async function startDelayProxy(target: string, shape: number | DelayProxyOptions = {}): Promise<DelayProxy> {
+  const { delayMs = 0, bandwidthMbit } = typeof shape === 'number' ? { delayMs: shape } : shape;
   const [th, tp] = target.split(':');
   const splices = new Set<Splice>();
   const proxy = { endpoint: '', bytesToTarget: 0, bytesFromTarget: 0, close: async () => {} } as DelayProxy;
@@ -23,6 +31,7 @@ export async function startDelayProxy(target: string, delayMs = 0): Promise<Dela
     up.once('connect', () => {
       const s = splice(socketEndpoint(client, 'client'), socketEndpoint(up, `target ${target}`), {
         delayMs,
+        bandwidthMbit,
         onAtoB: (n) => { proxy.bytesToTarget += n; },
         onBtoA: (n) => { proxy.bytesFromTarget += n; },
       });

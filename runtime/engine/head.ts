@@ -13,7 +13,7 @@ import { multiaddr } from '@multiformats/multiaddr';
 import type { PeerId } from '@libp2p/interface';
 import type { MeshNode } from '../node/node.ts';
 import type { Logger } from '../log.ts';
-import { computeTensorSplit, type LayerRange, type TensorSplit } from './split.js';
+import { computeTensorSplit, PIN_TO_HEAD_ARGS, type LayerRange, type TensorSplit } from './split.js';
 import { freePort, startLlamaServer, type LlamaServerHandle } from './llama-procs.js';
 import { LinkMeter, openRpcStream, openTunnel, TunnelRefused, type Tunnel } from './tunnel.js';
 import { startFrontProxy, type FrontProxy } from './front-proxy.js';
@@ -47,6 +47,8 @@ export interface PipelineOptions {
   ctxSize?: number;
   /** Emulated one-way link delay added in every tunnel (benchmarks). */
   delayMs?: number;
+  /** Emulated bandwidth cap per direction in every tunnel, Mbit/s (benchmarks). */
+  bandwidthMbit?: number;
   /** A worker that sends nothing back for this long while a request is in flight is declared stalled. */
   stallTimeoutMs?: number;
   /** Same, while llama-server loads the model (default: max(60 s, stallTimeoutMs)). */
@@ -207,7 +209,7 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
 
     for (const a of o.assignments) {
       const t = await openTunnel({
-        host, worker: peers.get(a.worker)!, contractId: a.contractId, modelSha256: o.model.sha256, delayMs: o.delayMs, meter: new LinkMeter(),
+        host, worker: peers.get(a.worker)!, contractId: a.contractId, modelSha256: o.model.sha256, delayMs: o.delayMs, bandwidthMbit: o.bandwidthMbit, meter: new LinkMeter(),
         onFailure: (reason) => fail({ worker: a.worker, contractId: a.contractId, reason }),
       });
       tunnels.set(a.contractId, t);
@@ -216,7 +218,8 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
     server = await startLlamaServer({
       bin: o.llamaServerBin, model: o.model.path, port: await freePort(), threads: o.threads, ctxSize: o.ctxSize, signal: loading.signal,
       readyTimeoutMs: 600_000, // loading a big model over home links takes minutes; failures abort it sooner
-      extraArgs: [...(rpc.length > 0 ? ['--rpc', rpc.join(',')] : []), ...split.args, '--fit', 'off', ...(o.extraArgs ?? [])],
+      // Output matrix and embeddings stay on the head: logits never cross the network (split.ts).
+      extraArgs: [...(rpc.length > 0 ? ['--rpc', rpc.join(','), ...PIN_TO_HEAD_ARGS] : []), ...split.args, '--fit', 'off', ...(o.extraArgs ?? [])],
     });
     if (failure !== undefined) throw new PipelineError(`worker ${failure.worker} failed while the model loaded: ${failure.reason}`, failure);
     const srv = server;

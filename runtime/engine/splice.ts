@@ -1,6 +1,6 @@
 // Joins two byte pipes (TCP sockets or libp2p streams) both ways, with backpressure, half-close,
-// error propagation, byte counting and an optional per-chunk delay (home-link emulation: this
-// kernel has no netem, so the delay lives in user space).
+// error propagation, byte counting and an optional per-chunk delay and bandwidth cap (home-link
+// emulation: this kernel has no netem, so the link shape lives in user space).
 import type { Socket } from 'node:net';
 import type { Stream } from '@libp2p/interface';
 
@@ -78,21 +78,70 @@ export function streamEndpoint(stream: Stream, label: string): Endpoint {
   };
 }
 
+/** Link emulation for one direction: propagation delay and an optional bandwidth cap. */
+export interface LinkShape {
+  /** One-way propagation delay added to every byte. */
+  delayMs?: number;
+  /** Serialisation rate in Mbit/s (10^6 bit/s); undefined or 0 = unlimited. */
+  bandwidthMbit?: number;
+  /**
+   * Token-bucket depth in bytes: this much can leave at once after an idle spell (a modem's send
+   * buffer). Default 16 KiB, so a small RPC command does not pay serialisation time the real link
+   * would hide, while sustained traffic runs at the cap.
+   */
+  burstBytes?: number;
+}
+
+/** Bytes a paced link delivers in one piece at most, so the receiver sees a stream, not rare big jumps. */
+const PACE_SLICE = 16 << 10;
+
 /**
  * Holds every chunk `delayMs` before delivering it, in order; chunks are timestamped on arrival so
- * a delayed link keeps its bandwidth (a pipeline, not a sleep per chunk).
+ * a delayed link keeps its bandwidth (a pipeline, not a sleep per chunk). With a bandwidth cap a
+ * token bucket paces each direction: a byte may leave once the bucket holds a token for it, then
+ * travels delayMs, the way a home uplink serialises bytes and the path adds latency after.
  */
 export class DelayLine {
   private readonly queue: Array<{ due: number; buf: Uint8Array }> = [];
   private timer: NodeJS.Timeout | undefined;
   private onEmpty: (() => void) | undefined;
+  private readonly delayMs: number;
+  /** Bytes per millisecond, or 0 for unlimited. */
+  private readonly rate: number;
+  private readonly burst: number;
+  /** Token bucket: tokens (bytes) available at time `at` (negative = debt, paid back at `rate`). */
+  private tokens: number;
+  private at = performance.now();
   bytes = 0;
 
-  constructor(private readonly delayMs: number, private readonly deliver: (buf: Uint8Array) => void) {}
+  constructor(shape: number | LinkShape, private readonly deliver: (buf: Uint8Array) => void) {
+    const s: LinkShape = typeof shape === 'number' ? { delayMs: shape } : shape;
+    this.delayMs = Math.max(0, s.delayMs ?? 0);
+    this.rate = s.bandwidthMbit !== undefined && s.bandwidthMbit > 0 ? (s.bandwidthMbit * 1e6) / 8 / 1000 : 0;
+    this.burst = Math.max(0, s.burstBytes ?? 16 << 10);
+    this.tokens = this.burst;
+  }
 
   push(buf: Uint8Array): void {
-    if (this.delayMs <= 0 && this.queue.length === 0) { this.deliver(buf); return; }
-    this.queue.push({ due: performance.now() + this.delayMs, buf });
+    if (this.rate === 0) {
+      if (this.delayMs <= 0 && this.queue.length === 0) { this.deliver(buf); return; }
+      this.enqueue(performance.now() + this.delayMs, buf);
+      return;
+    }
+    // Pacing: spend tokens slice by slice; a slice leaves when the bucket is back to zero debt.
+    const now = performance.now();
+    this.tokens = Math.min(this.burst, this.tokens + (now - this.at) * this.rate);
+    this.at = now;
+    for (let off = 0; off < buf.byteLength; off += PACE_SLICE) {
+      const slice = buf.subarray(off, Math.min(buf.byteLength, off + PACE_SLICE));
+      this.tokens -= slice.byteLength;
+      const leaves = this.tokens >= 0 ? now : now - this.tokens / this.rate;
+      this.enqueue(leaves + this.delayMs, slice);
+    }
+  }
+
+  private enqueue(due: number, buf: Uint8Array): void {
+    this.queue.push({ due, buf });
     this.bytes += buf.byteLength;
     this.schedule();
   }
@@ -139,7 +188,10 @@ export interface SpliceResult {
 }
 
 export interface SpliceOptions {
+  /** One-way delay added each way (link emulation). */
   delayMs?: number;
+  /** Bandwidth cap per direction, Mbit/s (link emulation; token-bucket paced, see DelayLine). */
+  bandwidthMbit?: number;
   /** Bytes moved a → b and b → a, as they leave the source (for link meters). */
   onAtoB?: (n: number) => void;
   onBtoA?: (n: number) => void;
@@ -185,7 +237,7 @@ export function splice(a: Endpoint, b: Endpoint, o: SpliceOptions = {}): Splice 
     let waitingDrain = false;
     let heldByLine = false;
     const maybeResume = () => { if (!waitingDrain && !heldByLine) src.resume(); };
-    const line = new DelayLine(o.delayMs ?? 0, (buf) => {
+    const line = new DelayLine({ delayMs: o.delayMs, bandwidthMbit: o.bandwidthMbit }, (buf) => {
       if (finished) return;
       if (!dst.write(buf) && !waitingDrain) {
         waitingDrain = true;

@@ -125,6 +125,8 @@ export interface TunnelOptions {
   modelSha256: string;
   /** Extra one-way delay on every chunk, both directions (link emulation). */
   delayMs?: number;
+  /** Bandwidth cap per direction in Mbit/s (link emulation). */
+  bandwidthMbit?: number;
   meter?: LinkMeter;
   /** The link broke or the worker refused: called once per broken connection, never during close(). */
   onFailure: (reason: string) => void;
@@ -159,6 +161,7 @@ export async function openTunnel(o: TunnelOptions): Promise<Tunnel> {
         if (closing || socket.destroyed) { stream.abort(new Error('tunnel closed')); socket.destroy(); return; }
         const s = splice(socketEndpoint(socket, 'llama-server'), streamEndpoint(stream, `worker ${worker}`), {
           delayMs: o.delayMs,
+          bandwidthMbit: o.bandwidthMbit,
           onAtoB: (n) => meter.sent(n),
           onBtoA: (n) => meter.received(n),
           failIfEndsFirst: 'b',
