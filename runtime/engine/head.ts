@@ -16,6 +16,7 @@ import type { Logger } from '../log.ts';
 import { computeTensorSplit, PIN_TO_HEAD_ARGS, type LayerRange, type TensorSplit } from './split.js';
 import { freePort, startLlamaServer, type LlamaServerHandle } from './llama-procs.js';
 import { LinkMeter, openRpcStream, openTunnel, TunnelRefused, type Tunnel } from './tunnel.js';
+import type { LinkShape } from './splice.js';
 import { startFrontProxy, type FrontProxy } from './front-proxy.js';
 
 export interface Assignment {
@@ -90,6 +91,8 @@ export interface Pipeline {
   /** Resolves once everything is torn down: with the failure, or undefined after stop(). */
   closed: Promise<PipelineFailure | undefined>;
   links(): LinkStats[];
+  /** Reshapes every tunnel's emulated link (benchmarks: one model load, many link shapes). */
+  setLinkShape(shape: LinkShape): void;
   stop(): Promise<void>;
 }
 
@@ -270,6 +273,9 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
     links: () => [...tunnels].map(([id, t]) => ({
       worker: byContract.get(id)!.worker, contractId: id, endpoint: t.endpoint, bytesToWorker: t.meter.bytesToWorker, bytesFromWorker: t.meter.bytesFromWorker,
     })),
+    setLinkShape(shape) {
+      for (const t of tunnels.values()) t.setShape(shape);
+    },
     async stop() {
       if (state === 'running') {
         state = 'stopped';

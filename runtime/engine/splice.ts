@@ -105,21 +105,29 @@ export class DelayLine {
   private readonly queue: Array<{ due: number; buf: Uint8Array }> = [];
   private timer: NodeJS.Timeout | undefined;
   private onEmpty: (() => void) | undefined;
-  private readonly delayMs: number;
+  private delayMs = 0;
   /** Bytes per millisecond, or 0 for unlimited. */
-  private readonly rate: number;
-  private readonly burst: number;
+  private rate = 0;
+  private burst = 0;
   /** Token bucket: tokens (bytes) available at time `at` (negative = debt, paid back at `rate`). */
-  private tokens: number;
+  private tokens = 0;
   private at = performance.now();
   bytes = 0;
 
   constructor(shape: number | LinkShape, private readonly deliver: (buf: Uint8Array) => void) {
-    const s: LinkShape = typeof shape === 'number' ? { delayMs: shape } : shape;
+    this.setShape(typeof shape === 'number' ? { delayMs: shape } : shape);
+  }
+
+  /**
+   * Changes the link's shape for bytes pushed from now on (benchmarks reshape a loaded pipeline
+   * between runs instead of reloading the model). Bytes already queued keep their order.
+   */
+  setShape(s: LinkShape): void {
     this.delayMs = Math.max(0, s.delayMs ?? 0);
     this.rate = s.bandwidthMbit !== undefined && s.bandwidthMbit > 0 ? (s.bandwidthMbit * 1e6) / 8 / 1000 : 0;
     this.burst = Math.max(0, s.burstBytes ?? 16 << 10);
     this.tokens = this.burst;
+    this.at = performance.now();
   }
 
   push(buf: Uint8Array): void {
@@ -206,6 +214,8 @@ export interface SpliceOptions {
 
 export interface Splice {
   done: Promise<SpliceResult>;
+  /** Reshapes both directions' link emulation (see DelayLine.setShape). */
+  setShape(shape: LinkShape): void;
   /** Tears both sides down now (used when the pipeline fails or stops). */
   abort(err: Error): void;
 }
@@ -278,5 +288,5 @@ export function splice(a: Endpoint, b: Endpoint, o: SpliceOptions = {}): Splice 
   };
   direction(a, b, 'a', o.onAtoB);
   direction(b, a, 'b', o.onBtoA);
-  return { done, abort: (err) => fail(a, err) };
+  return { done, abort: (err) => fail(a, err), setShape: (shape) => { for (const l of lines) l.setShape(shape); } };
 }

@@ -92,6 +92,9 @@ describe('delay proxy bandwidth cap', () => {
       await transfer(free.endpoint); // warm-up: a cold first run on a loaded box measured only 2.5x the cap
       const f = await transfer(free.endpoint);
       const c = await transfer(capped.endpoint);
+      // Reshaping a proxy (what the benchmark does between rows) caps it the same way.
+      free.setShape({ bandwidthMbit: CAP_MBIT });
+      const reshaped = rates((await transfer(free.endpoint)).up);
       for (const a of [f.up, f.down, c.up, c.down]) {
         expect(a.marks.at(-1)!.bytes).toBe(PAYLOAD.byteLength);
         expect(a.hash).toBe(want);
@@ -108,6 +111,8 @@ describe('delay proxy bandwidth cap', () => {
         // ...and not far behind it either: pacing, not stalling.
         expect(cr.avg / cap, dir).toBeGreaterThan(0.6);
       }
+      expect(reshaped.peak / cap).toBeLessThan(1.05);
+      expect(reshaped.avg / cap).toBeGreaterThan(0.6);
     } finally {
       await free.close();
       await capped.close();
