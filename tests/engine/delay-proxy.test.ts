@@ -5,11 +5,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDelayProxy } from '../../runtime/engine/delay-proxy.js';
+import { DEFAULT_BURST_BYTES, PACE_SLICE } from '../../runtime/engine/splice.js';
 
 const PAYLOAD = randomBytes(1 << 20);
 const CAP_MBIT = 8; // 1 MB/s: about a second per direction
-const BURST = 16 << 10; // DelayLine's default bucket depth
-const SLICE = 16 << 10; // DelayLine's delivery slice
 
 interface Arrivals { start: number; marks: Array<{ t: number; bytes: number }>; hash: string }
 
@@ -78,7 +77,7 @@ function rates(a: Arrivals): { avg: number; peak: number } {
   let peak = 0;
   for (const m of a.marks) {
     const dt = m.t - a.start;
-    if (dt > 0) peak = Math.max(peak, (m.bytes - BURST - SLICE) / dt);
+    if (dt > 0) peak = Math.max(peak, (m.bytes - DEFAULT_BURST_BYTES - PACE_SLICE) / dt);
   }
   return { avg: last.bytes / (last.t - a.start), peak };
 }
