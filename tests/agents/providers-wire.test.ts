@@ -47,11 +47,6 @@ describe('ClawBots whose brains talk to Ollama and OpenAI over their wire format
   })
 
   afterAll(async () => {
-    if (process.env.DEBUG_WIRE === '1') {
-      for (const s of [ollama, openai, openaiSse]) console.log(s.url, JSON.stringify(s.requests.map((r) => r.messages.slice(1).map((m) => `${m.role}: ${m.content.slice(0, 300)} ${JSON.stringify(m.toolCalls ?? '')}`)), null, 1))
-      for (const b of mesh.bots) console.log(b.name, JSON.stringify(await b.records.actions()))
-      for (const b of mesh.bots) console.log(b.name, JSON.stringify(await b.node.activity.list?.() ?? ''))
-    }
     for (const b of mesh?.bots ?? []) await b.stop().catch(() => {})
     await stopAll(mesh?.nodes ?? [])
     for (const s of [ollama, openai, openaiSse]) await s?.stop()
