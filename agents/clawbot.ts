@@ -20,7 +20,8 @@ import { Perception } from './perception.ts'
 import { AGENT_NAME_META } from './transcript.ts'
 import { OwnerPolicy } from './policy.ts'
 import { AgentRecords } from './records.ts'
-import { createBrain, type Brain } from './brains/providers.ts'
+import { createBrain, publicLabel, type Brain } from './brains/providers.ts'
+import { OfflineNegotiator } from './brains/offline.ts'
 
 export const THREADS_DB_FILE = 'agent-threads.db'
 
@@ -161,7 +162,16 @@ export class ClawBot {
         tools,
         systemPrompt: systemPrompt(this.node.config.name),
         perceive: async (event) => await this.perception.perceive(event),
-        checkpointer: this.checkpointer
+        checkpointer: this.checkpointer,
+        label: publicLabel(this.brain.label),
+        // An LLM that fails, hangs or answers garbage must not leave a negotiation unanswered.
+        fallback: this.brain.model instanceof OfflineNegotiator ? undefined : new OfflineNegotiator(),
+        llmTimeoutMs: this.settings.llm.timeoutMs,
+        onFallback: (why) => {
+          this.log.warn('the LLM failed; the offline negotiator plays this turn', { brain: this.brain.label, kind: why.kind, detail: why.detail })
+          void this.node.activity.record('decision', `LLM ${why.kind === 'timeout' ? 'timed out' : why.kind === 'garbage' ? 'answered garbage' : 'failed'}; the offline negotiator played the turn`, { brain: this.brain.label, ...why })
+            .catch((err: unknown) => this.log.warn('could not record the fallback', { error: (err as Error).message }))
+        }
       })
       this.lifecycle.send({ type: 'BOOTED' })
       this.desk.onEvent((e) => { this.onMarket(e) })

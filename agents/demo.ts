@@ -8,7 +8,7 @@ import { generateTestModel } from '../runtime/engine/test-model.ts'
 import { modelRefFromGguf } from '../skills/assembly/model.ts'
 import type { Assembly } from './clawbot.ts'
 import { ClawBot } from './clawbot.ts'
-import { engineFor } from './engine-runner.ts'
+import { engineFor, ensureEngineBuilt } from './engine-runner.ts'
 import { formatTranscript, loadTranscripts } from './transcript.ts'
 
 const NAMES = ['ada', 'bruno', 'chiara', 'dmitri', 'emeka', 'fatima', 'goran', 'hana', 'ivo', 'jun', 'kemal', 'lena']
@@ -34,6 +34,15 @@ export async function cmdAgentsDemo (opts: { nodes: number, layers: number, prom
   const model = await modelRefFromGguf(path)
   console.log(`${model.name}, ${(model.layerBytes * model.nLayer / 2 ** 20).toFixed(1)} MiB, sha256 ${model.sha256.slice(0, 12)}…`)
 
+  // The one-time llama.cpp build (minutes on a fresh machine) runs first and is timed on its own, so that
+  // the mesh figure below means mesh formation only.
+  const build = await ensureEngineBuilt()
+  if (build !== undefined) {
+    console.log(build.builtNow
+      ? `llama.cpp ${build.version}: built once in ${minutes(build.ms)} (cached in ${build.binDir}; later runs skip this)`
+      : `llama.cpp ${build.version}: cached build (built earlier in ${minutes(build.buildSeconds * 1000)}), ready in ${build.ms} ms`)
+  }
+
   const t0 = Date.now()
   const nodes = await startLocalMesh(root, n, { names: NAMES, extra: { networkId: 'demo', probeGpu: false }, logLevel: 'warn' })
   const bots: ClawBot[] = []
@@ -41,11 +50,6 @@ export async function cmdAgentsDemo (opts: { nodes: number, layers: number, prom
   try {
     const engines = await Promise.all(nodes.map(async (node) => await engineFor(node)))
     const real = engines[0].real
-    if (real) {
-      process.stdout.write('Engine found: workers start serving layer slices (llama.cpp rpc-servers behind contract-checked libp2p streams)… ')
-      for (const e of engines.slice(1)) stops.push(await e.serve!())
-      console.log('ok')
-    }
     const layersEach = Math.max(1, Math.ceil(opts.layers * 0.4))
     for (let i = 0; i < n; i++) {
       bots.push(await ClawBot.start(nodes[i], {
@@ -60,7 +64,14 @@ export async function cmdAgentsDemo (opts: { nodes: number, layers: number, prom
       }))
     }
     await waitFor('every agent to hear every other', () => fullyPresent(nodes), 30_000)
-    console.log(`Mesh up in ${Date.now() - t0} ms: ${bots.map((b) => b.name).join(', ')}. ${bots[0].name} asks the mesh to serve ${model.nLayer} layers; each worker may lend ${layersEach}.`)
+    console.log(`Mesh up in ${Date.now() - t0} ms (${n} nodes started, connected and heard from each other): ${bots.map((b) => b.name).join(', ')}. ${bots[0].name} asks the mesh to serve ${model.nLayer} layers; each worker may lend ${layersEach}.`)
+    if (real) {
+      // Workers serve before the head asks, so that contracted layers find an rpc-server ready.
+      process.stdout.write('Engine found: workers start serving layer slices (llama.cpp rpc-servers behind contract-checked libp2p streams)… ')
+      const tServe = Date.now()
+      for (const e of engines.slice(1)) stops.push(await e.serve!())
+      console.log(`ok (${Date.now() - tServe} ms)`)
+    }
 
     const head = bots[0]
     const assembled = new Promise<Assembly>((resolve) => head.onAssembled(resolve))
@@ -94,4 +105,9 @@ export async function cmdAgentsDemo (opts: { nodes: number, layers: number, prom
     await stopAll(nodes)
     await rm(root, { recursive: true, force: true })
   }
+}
+
+function minutes (ms: number): string {
+  const s = Math.round(ms / 1000)
+  return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`
 }

@@ -15,18 +15,9 @@ export interface EngineHookup {
  * engine, so the agents layer builds and tests without it.
  */
 export async function engineFor (node: MeshNode): Promise<EngineHookup> {
-  let runnerMod: { EnginePipelineRunner?: new (node: MeshNode) => PipelineRunner }
-  let sliceMod: { ServeSlice?: new (deps: { node: MeshNode }) => { call: (i: { action: 'start' | 'stop' }) => Promise<string> } }
-  try {
-    runnerMod = await import('../skills/engine/runner.ts' as string) as typeof runnerMod
-    sliceMod = await import('../skills/engine/serve-slice.ts' as string) as typeof sliceMod
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw err
-    return { runner: new PendingEngineRunner(), real: false }
-  }
-  const Runner = runnerMod.EnginePipelineRunner
-  const Slice = sliceMod.ServeSlice
-  if (Runner === undefined || Slice === undefined) return { runner: new PendingEngineRunner(), real: false }
+  const mods = await engineModules()
+  if (mods === undefined) return { runner: new PendingEngineRunner(), real: false }
+  const { Runner, Slice } = mods
   return {
     runner: new Runner(node),
     real: true,
@@ -36,5 +27,54 @@ export async function engineFor (node: MeshNode): Promise<EngineHookup> {
       if (status.includes('failed')) throw new Error(status)
       return async () => { await slice.call({ action: 'stop' }) }
     }
+  }
+}
+
+interface EngineModules {
+  Runner: new (node: MeshNode) => PipelineRunner
+  Slice: new (deps: { node: MeshNode }) => { call: (i: { action: 'start' | 'stop' }) => Promise<string> }
+}
+
+async function engineModules (): Promise<EngineModules | undefined> {
+  let runnerMod: { EnginePipelineRunner?: EngineModules['Runner'] }
+  let sliceMod: { ServeSlice?: EngineModules['Slice'] }
+  try {
+    runnerMod = await import('../skills/engine/runner.ts' as string) as typeof runnerMod
+    sliceMod = await import('../skills/engine/serve-slice.ts' as string) as typeof sliceMod
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw err
+    return undefined
+  }
+  const Runner = runnerMod.EnginePipelineRunner
+  const Slice = sliceMod.ServeSlice
+  return Runner === undefined || Slice === undefined ? undefined : { Runner, Slice }
+}
+
+export interface EngineBuild {
+  version: string
+  /** True when this call built llama.cpp (the one-time build), false when it found the cached build. */
+  builtNow: boolean
+  /** How long the build took when it ran (this call or an earlier one), in seconds. */
+  buildSeconds: number
+  /** How long this call took: the whole build, or the cache check. */
+  ms: number
+  binDir: string
+}
+
+/**
+ * Builds llama.cpp now when the engine is present and its build is missing, so that callers can time
+ * (and tell the owner about) the one-time build apart from everything else. Undefined without the engine.
+ */
+export async function ensureEngineBuilt (onProgress?: (line: string) => void): Promise<EngineBuild | undefined> {
+  if (await engineModules() === undefined) return undefined
+  const { ensureLlamaBuild } = await import('../runtime/engine/build.ts')
+  const t0 = Date.now()
+  const build = await ensureLlamaBuild(onProgress !== undefined ? { onProgress } : {})
+  return {
+    version: build.version,
+    builtNow: Date.parse(build.builtAt) >= t0,
+    buildSeconds: build.buildSeconds,
+    ms: Date.now() - t0,
+    binDir: build.binDir
   }
 }

@@ -26,7 +26,9 @@ export const AgentSettingsSchema = z.object({
     baseUrl: z.string().url().optional(),
     /** Name of the environment variable that holds the API key: keys never live in config.json. */
     apiKeyEnv: z.string().regex(/^[A-Z_][A-Z0-9_]*$/).default('OPENAI_API_KEY'),
-    temperature: z.number().min(0).max(2).default(0.2)
+    temperature: z.number().min(0).max(2).default(0.2),
+    /** One LLM call that takes longer is abandoned and the offline negotiator plays that turn. */
+    timeoutMs: z.number().int().positive().default(90_000)
   }).strict().prefault({}),
   /** Never sell a layer below this (default: the node's priceFloor). */
   floor: z.number().nonnegative().optional(),

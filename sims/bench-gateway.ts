@@ -7,10 +7,12 @@
  *     direct and through the gateway, and their ratios;
  *   - 50 concurrent clients sending short non-streaming requests back to back: requests/s held,
  *     direct and through the gateway.
- * Usage: npx tsx sims/bench-gateway.ts [--requests 20] [--max-tokens 32] [--clients 50] [--window-s 10]
+ * Usage: npx tsx sims/bench-gateway.ts [--requests 20] [--max-tokens 32] [--clients 50] [--window-s 10] [--json FILE]
+ * --json FILE appends one row {direct_tok_s, gateway_tok_s, direct_ttft_ms, gateway_ttft_ms, stub_req_s}
+ * to the JSON array in FILE (created when missing), so repeated runs can be compared.
  */
 import '../runtime/polyfill.ts'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -35,7 +37,8 @@ const { values } = parseArgs({
     requests: { type: 'string', default: '20' },
     'max-tokens': { type: 'string', default: '32' },
     clients: { type: 'string', default: '50' },
-    'window-s': { type: 'string', default: '10' }
+    'window-s': { type: 'string', default: '10' },
+    json: { type: 'string' }
   }
 })
 const REQUESTS = Number(values.requests)
@@ -113,6 +116,22 @@ async function streamOnce (base: string, auth: boolean): Promise<StreamRun> {
   return { ttftMs: first - t0, tokensPerS: (tokens - 1) / ((last - first) / 1000) }
 }
 
+interface BenchRow { direct_tok_s: number, gateway_tok_s: number, direct_ttft_ms: number, gateway_ttft_ms: number, stub_req_s: number }
+
+const round = (x: number, d: number): number => Math.round(x * 10 ** d) / 10 ** d
+
+/** FILE holds a JSON array of rows; a missing file starts one, anything else there is an error, not overwritten. */
+async function appendRow (file: string, row: BenchRow): Promise<void> {
+  let rows: unknown = []
+  try {
+    rows = JSON.parse(await readFile(file, 'utf8'))
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`--json ${file}: not a JSON array of rows (${(err as Error).message}); not overwriting it`)
+  }
+  if (!Array.isArray(rows)) throw new Error(`--json ${file}: holds ${typeof rows}, not a JSON array of rows; not overwriting it`)
+  await writeFile(file, JSON.stringify([...rows, row], null, 2) + '\n')
+}
+
 const median = (xs: number[]): number => percentile([...xs].sort((a, b) => a - b), 50)
 
 /**
@@ -182,6 +201,17 @@ try {
   console.log(`  requests/s           direct ${f(directLoad.rps)}   gateway ${f(viaLoad.rps)}   ratio ${f(viaLoad.rps / directLoad.rps, 3)}   errors ${directLoad.errors}/${viaLoad.errors}`)
   console.log(`  gateway's own ceiling (instant stub upstream, full billing): ${f(stubLoad.rps)} requests/s, errors ${stubLoad.errors}`)
   console.log(`  billed and settled ${settled?.n ?? 0} requests; ledger ${chain.entries} entries, chain ${chain.ok ? 'intact' : 'BROKEN'}`)
+  if (values.json !== undefined) {
+    const row: BenchRow = {
+      direct_tok_s: round(direct.tokensPerS, 1),
+      gateway_tok_s: round(via.tokensPerS, 1),
+      direct_ttft_ms: round(direct.ttftMs, 1),
+      gateway_ttft_ms: round(via.ttftMs, 1),
+      stub_req_s: round(stubLoad.rps, 1)
+    }
+    await appendRow(values.json, row)
+    console.log(`  row appended to ${values.json}`)
+  }
 } finally {
   await gateway.stop()
   await stubGateway.stop()

@@ -9,6 +9,16 @@ export interface Brain {
 }
 
 /**
+ * The brain's name as peers may read it (the fallback's words name the LLM it stands in for): no
+ * endpoint address, no local file path.
+ */
+export function publicLabel (label: string): string {
+  const [provider, ...rest] = label.split(':')
+  const model = rest.join(':').replace(/@.*$/, '')
+  return rest.length === 0 ? provider : `${provider}:${model.split(/[\\/]/).pop() ?? model}`
+}
+
+/**
  * One interface for every LLM: a LangChain chat model that can bind tools. Providers load lazily, so
  * an agent on the offline negotiator never imports an HTTP client or a native binary.
  */

@@ -20,6 +20,9 @@ export interface LlamaBuild {
   version: string;
   backend: LlamaBackend;
   buildDir: string;
+  /** When this build finished (ISO time) and how long it took: callers tell a fresh build from a cached one. */
+  builtAt: string;
+  buildSeconds: number;
 }
 
 export interface EnsureBuildOptions {
@@ -153,6 +156,8 @@ function completed(dir: string, src: LlamaSource, backend: LlamaBackend, args: s
     version: `${src.tag} (${src.commit.slice(0, 10)})`,
     backend,
     buildDir: join(dir, 'build'),
+    builtAt: marker.builtAt,
+    buildSeconds: marker.seconds,
   };
 }
 

@@ -1,20 +1,17 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { existsSync } from 'node:fs'
 import { mkdir, stat } from 'node:fs/promises'
 import { request } from 'node:http'
 import { join } from 'node:path'
-import { chromium, type Browser, type Page } from 'playwright-core'
+import type { Browser, Page } from 'playwright-core'
 import parsePrometheusTextFormat from 'parse-prometheus-text-format'
 import type { MeshNode } from '../../runtime/node/node.ts'
 import { startLocalMesh, fullyPresent, stopAll, waitFor } from '../../runtime/node/local-mesh.ts'
 import { startBoard, type BoardHandle } from '../../runtime/board/index.ts'
 import { tempDir } from '../helpers/mesh.ts'
+import { launchChromium } from '../helpers/browser.ts'
 import { KINDS, MODEL_SHA, THREAD, negotiate, recordDecisions, storeContracts, storeLedger, subscribeAll } from './fixtures.ts'
 
-const CHROMIUM = process.env.CLAWMESH_CHROMIUM ?? '/usr/bin/chromium'
 const SHOTS = join(process.cwd(), 'test-output', 'board')
-// The flags that work on this kind of machine (closed network, small /dev/shm, no GPU).
-const CHROMIUM_ARGS = ['--disable-dev-shm-usage', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
 
 describe('the board, in headless Chromium, on a 3-node mesh', () => {
   let dir: Awaited<ReturnType<typeof tempDir>>
@@ -25,11 +22,10 @@ describe('the board, in headless Chromium, on a 3-node mesh', () => {
   let page: Page
 
   beforeAll(async () => {
-    // CI installs Debian's chromium (.ci/run); without it these tests must fail loudly, not skip.
-    if (!existsSync(CHROMIUM)) throw new Error(`Chromium not found at ${CHROMIUM}: install it with "apt-get install -y chromium" (or set CLAWMESH_CHROMIUM)`)
     await mkdir(SHOTS, { recursive: true })
     dir = await tempDir('clawmesh-board-')
-    const launching = chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS })
+    // A system Chromium or the one npm installed (tests/helpers/browser.ts); no browser fails here, never skips.
+    const launching = launchChromium()
     nodes = await startLocalMesh(dir.path, 3, { names: ['atlas', 'birch', 'cedar'], extra: { networkId: 'test', presenceIntervalMs: 500 }, logLevel: 'silent' })
     ;[head, birch, cedar] = nodes
     subscribeAll(nodes)
@@ -44,7 +40,9 @@ describe('the board, in headless Chromium, on a 3-node mesh', () => {
     await storeLedger(head, birch, cedar)
     await recordDecisions(head)
     board = await startBoard(head, { port: 0 })
-    browser = await launching
+    const launched = await launching
+    browser = launched.browser
+    if (process.env.CLAWMESH_TEST_LOG === '1') console.log(`chromium from ${launched.found.source} (${launched.found.executablePath}) up in ${launched.ms} ms`)
     page = await browser.newPage({ viewport: { width: 1360, height: 900 }, colorScheme: 'dark' })
   })
 

@@ -4,6 +4,7 @@ import { basename, dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parse as parseYaml } from 'yaml'
 import { readLiveStatus } from '../../runtime/node/status-file.ts'
+import { DEFAULT_GATEWAY_PORT } from '../../runtime/config.ts'
 import { CliProcess, cliEnv, runCli } from '../helpers/cli.ts'
 import { tempDir, waitFor } from '../helpers/mesh.ts'
 
@@ -76,6 +77,60 @@ describe('the OpenClaw skill package', () => {
     expect(validateSkill('/x/other', data)).toContain('name clawmesh must match the folder other')
     expect(validateSkill('/x/clawmesh', { ...data, description: 'x'.repeat(1025) })).not.toEqual([])
     expect(validateSkill('/x/clawmesh', { ...data, metadata: { openclaw: { install: [{ kind: 'node' }] } } })).toContain('install kind node needs package')
+  })
+
+  describe('using the mesh from OpenClaw: the provider snippet and the key it needs', () => {
+    const section = skill.slice(skill.indexOf('## Use the mesh as a model provider'), skill.indexOf('## Heartbeat'))
+    const blocks = [...section.matchAll(/```json\n([\s\S]*?)```/g)].map((m) => m[1])
+
+    it('has one JSON snippet that adds clawmesh as an OpenAI-compatible provider of OpenClaw', () => {
+      expect(section.length).toBeGreaterThan(100)
+      expect(blocks).toHaveLength(1)
+      const config = JSON.parse(blocks[0]) as {
+        models: { mode: string, providers: Record<string, { baseUrl: string, apiKey: string, api: string, models: Array<{ id: string, name?: string, input?: string[], contextWindow?: number, maxTokens?: number }> }> }
+        agents: { defaults: { model: { primary?: string, fallbacks?: string[] } } }
+      }
+      expect(config.models.mode).toBe('merge')
+      expect(Object.keys(config.models.providers)).toEqual(['clawmesh'])
+      const p = config.models.providers.clawmesh
+      // The gateway's own defaults (config.json "gateway": host 127.0.0.1, port 4013), OpenAI's /v1 prefix.
+      expect(p.baseUrl).toBe(`http://127.0.0.1:${DEFAULT_GATEWAY_PORT}/v1`)
+      expect(p.api).toBe('openai-completions')
+      // The key comes from the environment, and the text says where to put it.
+      const env = /^\$\{([A-Z_][A-Z0-9_]*)\}$/.exec(p.apiKey)
+      expect(env, `apiKey ${p.apiKey} should be an env reference`).not.toBeNull()
+      expect(section).toContain(`${env![1]}=cm_`)
+      expect(p.models).toHaveLength(1)
+      const m = p.models[0]
+      expect(m.id).toBe('MODEL_ID')
+      expect(section).toContain('replace `MODEL_ID`')
+      for (const n of [m.contextWindow, m.maxTokens]) expect(Number.isInteger(n) && n! > 0).toBe(true)
+      expect(m.maxTokens!).toBeLessThanOrEqual(m.contextWindow!)
+      // Every model OpenClaw is pointed at is one this provider declares.
+      const refs = [config.agents.defaults.model.primary, ...(config.agents.defaults.model.fallbacks ?? [])].filter((r) => r !== undefined)
+      expect(refs.length).toBeGreaterThan(0)
+      for (const r of refs) expect(r).toBe(`clawmesh/${m.id}`)
+    })
+
+    it('documents the fields that `keys create --json` really prints', async () => {
+      const dir = await tempDir()
+      try {
+        const env = cliEnv(dir.path)
+        expect((await runCli(['init', '--name', 'payer', '--listen', '/ip4/127.0.0.1/tcp/0', '--json'], env)).code).toBe(0)
+        const line = mentionedCommands(section).find((c) => c.startsWith('clawmesh keys create'))
+        expect(line).toBeDefined()
+        const args = line!.replace(/^clawmesh /, '').split(/\s+/).map((a) => a === 'NAME' ? 'payer' : a)
+        const r = await runCli(args, env)
+        expect(r.code, r.stderr).toBe(0)
+        const out = JSON.parse(r.stdout) as Record<string, unknown>
+        const documented = /Fields: ([^.]*)\./.exec(section)![1].match(/`(\w+)`/g)!.map((f) => f.slice(1, -1))
+        expect(Object.keys(out).sort()).toEqual([...documented].sort())
+        expect(out.secret).toMatch(/^cm_/)
+        expect(out.balance).toBe(1000)
+      } finally {
+        await dir.cleanup()
+      }
+    }, 60_000)
   })
 
   describe('every command it mentions works against a live 2-node mesh', () => {
