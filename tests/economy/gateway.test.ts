@@ -112,8 +112,11 @@ describe('gateway: the official openai client', () => {
     await reader.read()
     abort.abort()
     await gateway.drain()
-    const usage = await head.store.db.get<{ completion_tokens: number }>('SELECT completion_tokens FROM usage WHERE key_id = ?', [key.id])
+    const usage = await head.store.db.get<{ completion_tokens: number, prompt_tokens: number }>('SELECT completion_tokens, prompt_tokens FROM usage WHERE key_id = ?', [key.id])
     expect(usage?.completion_tokens).toBeLessThan(1500)
+    // Its prompt is billed all the same, counted by the pipeline's tokenizer: what a finished request reports.
+    const whole = await client.chat.completions.create({ model: MODEL_NAME, messages: [{ role: 'user', content: 'Go on forever' }], max_tokens: 1 })
+    expect(usage?.prompt_tokens).toBe(whole.usage?.prompt_tokens)
   })
 
   it('serves legacy completions', async (ctx) => {
