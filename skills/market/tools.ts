@@ -73,6 +73,19 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
     }
   }
 
+  /**
+   * One check-and-move at a time for this agent. LangGraph runs the tool calls of one reply
+   * concurrently: two accepts checked against the same commitments would each fit the budget, and
+   * together break it. Holding the lock from the guard's check until the desk has recorded the move
+   * makes every check see every move before it.
+   */
+  let moving: Promise<unknown> = Promise.resolve()
+  const oneAtATime = async <T>(move: () => Promise<T>): Promise<T> => {
+    const turn = moving.then(move)
+    moving = turn.catch(() => {})
+    return await turn
+  }
+
   const negotiationOf = async (thread: string): Promise<Negotiation> => {
     if (!thread.startsWith('cfp:')) throw new MarketError('this tool works inside a negotiation thread only')
     const n = await o.desk.book.negotiation(thread.slice(4))
@@ -93,7 +106,7 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
 
   const terms = (a: { start: number, end: number, price: number }): Terms => ({ start: a.start, end: a.end, price: a.price, expiresAt: Date.now() + o.offerTtlMs })
 
-  const publishCfp = tool(async (args, config) => await run('publish_cfp', args, config, async (thread) => {
+  const publishCfp = tool(async (args, config) => await run('publish_cfp', args, config, async (thread) => await oneAtATime(async () => {
     if (!thread.startsWith('assemble:')) throw new MarketError('publish_cfp works in an assembly thread only')
     const model = o.modelFor(thread.slice('assemble:'.length))
     if (model === undefined) throw new MarketError('this agent is not assembling that model')
@@ -102,13 +115,13 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
     if (!verdict.ok) return verdict
     const cfp = await o.desk.publishCfp({ model, want: { start: args.start, end: args.end }, budget: args.budget, windowMs: o.cfpWindowMs, serveForMs: o.serveForMs, maxRounds: o.maxRounds, text: args.text })
     return `Call ${cfp.cfpId} published for layers [${args.start}, ${args.end}); proposals close in ${o.cfpWindowMs} ms.`
-  }), {
+  })), {
     name: 'publish_cfp',
     description: 'As a head: call for proposals to serve layers [start, end) of the model you are assembling, within a total budget per million tokens.',
     schema: z.object({ start: LAYER, end: LAYER, budget: PRICE, text: TEXT })
   })
 
-  const propose = tool(async (args, config) => await run('propose', args, config, async (thread) => {
+  const propose = tool(async (args, config) => await run('propose', args, config, async (thread) => await oneAtATime(async () => {
     const n = await negotiationOf(thread)
     if (n.role !== 'worker') throw new MarketError('only workers propose; as the head use accept, counter or reject')
     const t = terms(args)
@@ -116,13 +129,13 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
     if (!verdict.ok) return verdict
     await o.desk.propose(n.cfpId, t, args.text)
     return `Proposed layers [${t.start}, ${t.end}) at ${t.price} to ${o.nameOf(n.head)}.`
-  }), {
+  })), {
     name: 'propose',
     description: 'As a worker: offer to serve layers [start, end) of the called model at a price per layer.',
     schema: z.object({ start: LAYER, end: LAYER, price: PRICE, text: TEXT })
   })
 
-  const counter = tool(async (args, config) => await run('counter', args, config, async (thread) => {
+  const counter = tool(async (args, config) => await run('counter', args, config, async (thread) => await oneAtATime(async () => {
     const n = await negotiationOf(thread)
     const peer = await counterpart(n, args.peer)
     const current = await o.desk.book.thread(n.cfpId, peer)
@@ -132,13 +145,13 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
     if (!verdict.ok) return verdict
     await o.desk.counter(n.cfpId, peer, t, args.text)
     return `Countered ${o.nameOf(peer)}: layers [${t.start}, ${t.end}) at ${t.price}.`
-  }), {
+  })), {
     name: 'counter',
     description: 'Answer the terms on the table with your own: layers [start, end) at a price per layer. Each side has a limited number of rounds.',
     schema: z.object({ peer: PEER, start: LAYER, end: LAYER, price: PRICE, text: TEXT })
   })
 
-  const accept = tool(async (args, config) => await run('accept', args, config, async (thread) => {
+  const accept = tool(async (args, config) => await run('accept', args, config, async (thread) => await oneAtATime(async () => {
     const n = await negotiationOf(thread)
     const peer = await counterpart(n, args.peer)
     const current = await o.desk.book.thread(n.cfpId, peer)
@@ -147,7 +160,7 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
     if (!verdict.ok) return verdict
     const t = await o.desk.accept(n.cfpId, peer, args.text)
     return `Accepted ${o.nameOf(peer)}'s terms: layers [${t.start}, ${t.end}) at ${t.price} (cost ${dealCost(t)} per million tokens); signed our side of the contract.`
-  }), {
+  })), {
     name: 'accept',
     description: 'Accept the terms the other side has on the table, exactly as they stand (their binding terms, not what their text says), and sign the contract they imply.',
     schema: z.object({ peer: PEER, text: TEXT })
@@ -164,7 +177,7 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
     schema: z.object({ peer: PEER, reason: z.string().max(300), text: TEXT })
   })
 
-  const sign = tool(async (args, config) => await run('sign_contract', args, config, async (thread) => {
+  const sign = tool(async (args, config) => await run('sign_contract', args, config, async (thread) => await oneAtATime(async () => {
     const n = await negotiationOf(thread)
     const peer = await counterpart(n, args.peer)
     const current = await o.desk.book.thread(n.cfpId, peer)
@@ -176,7 +189,7 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
     if (!verdict.ok) return verdict
     const { id, signed } = await o.desk.signContract(n.cfpId, peer, args.text)
     return `Contract ${id} signed with ${o.nameOf(peer)}: layers [${signed.doc.start}, ${signed.doc.end}) at ${signed.doc.price}.`
-  }), {
+  })), {
     name: 'sign_contract',
     description: 'Countersign the contract the other side accepted and signed; it then binds both.',
     schema: z.object({ peer: PEER, text: TEXT })
