@@ -1,6 +1,12 @@
 // Peer-chosen strings (names, model names, texts, reasons) reach the LLM's prompt, transcripts and
 // terminals: none of them may open or close a tag, reorder text, or carry a terminal escape.
-import { describe, expect, it } from 'vitest'
+import { describe, expect, it, vi } from 'vitest'
+import { join } from 'node:path'
+import { Store } from '../../runtime/store/store.ts'
+import { DATABASE_FILE } from '../../runtime/config.ts'
+import { initHome } from '../../runtime/cli/home.ts'
+import { cmdPeers } from '../../runtime/cli/commands.ts'
+import { tempDir } from '../helpers/mesh.ts'
 import { observationText, untrusted, type Observation } from '../../agents/observation.ts'
 import { formatTranscript, type Transcript } from '../../agents/transcript.ts'
 import { peerName, peerText } from '../../protocols/peer-text.ts'
@@ -62,5 +68,26 @@ describe('peer-chosen strings', () => {
     expect(peerText('x'.repeat(5000)).length).toBe(1000)
     expect(peerName(`\u001b\u001b`, 'fallback')).toBe('fallback')
     expect(peerName('y'.repeat(200)).length).toBe(64)
+  })
+
+  it('reach `clawmesh peers` on a terminal without escape sequences (peer and model names)', async () => {
+    const tmp = await tempDir()
+    const log = vi.spyOn(console, 'log').mockImplementation(() => {})
+    try {
+      const home = join(tmp.path, 'home')
+      await initHome(home, { name: 'ada' })
+      const store = await Store.open(join(home, DATABASE_FILE))
+      const presence = { name: `evil${ESC}`, hardware: { cpu: { cores: 2 }, backend: false, memory: { free: 1 } }, models: [{ name: `m${ESC}${RLO}`, layers: 4 }], priceFloor: 1 }
+      await store.db.run('INSERT INTO peers (peer_id, name, first_seen, last_seen, addrs, presence, presence_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        ['12D3KooWEvilEvilEvilEvilEvilEvilEvilEvilEvilEvilEvil', presence.name, Date.now(), Date.now(), '[]', JSON.stringify(presence), Date.now()])
+      await store.close()
+      await cmdPeers(home, { json: false })
+      const printed = log.mock.calls.map((c) => String(c[0])).join('\n')
+      expect(printed).toContain('evil')
+      expect(printed).not.toMatch(/[\u001b\u0007\u202e]/)
+    } finally {
+      log.mockRestore()
+      await tmp.cleanup()
+    }
   })
 })
