@@ -272,7 +272,8 @@ export class Gateway {
           }
         })
         if (this.o.onRecorded !== undefined) this.track(this.o.onRecorded(recorded))
-        if (outcome.error === undefined) this.maybeSpotCheck(path, upstreamBody, contracts)
+        // A prompt array is checked on its first prompt: replaying all of them would double the work.
+        if (outcome.error === undefined) this.maybeSpotCheck(path, prompts !== undefined && prompts.length > 1 ? { ...upstreamBody, prompt: prompts[0] } : upstreamBody, contracts)
       }
       if (outcome.error !== undefined) throw outcome.error
     } finally {
