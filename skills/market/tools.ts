@@ -74,10 +74,12 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
   }
 
   /**
-   * One check-and-move at a time for this agent. LangGraph runs the tool calls of one reply
-   * concurrently: two accepts checked against the same commitments would each fit the budget, and
-   * together break it. Holding the lock from the guard's check until the desk has recorded the move
-   * makes every check see every move before it.
+   * One commitment at a time for this agent. LangGraph runs the tool calls of one reply concurrently:
+   * two accepts checked against the same commitments would each fit the budget (or the memory, or the
+   * deal limit), and together break it. Holding the lock from the guard's check until the desk has
+   * recorded the move makes every check see every commitment before it. Only the moves that commit
+   * (accept, sign_contract) take it: calls, proposals and counters commit nothing, and whatever they
+   * lead to is checked again when it is accepted or signed.
    */
   let moving: Promise<unknown> = Promise.resolve()
   const oneAtATime = async <T>(move: () => Promise<T>): Promise<T> => {
@@ -106,7 +108,7 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
 
   const terms = (a: { start: number, end: number, price: number }): Terms => ({ start: a.start, end: a.end, price: a.price, expiresAt: Date.now() + o.offerTtlMs })
 
-  const publishCfp = tool(async (args, config) => await run('publish_cfp', args, config, async (thread) => await oneAtATime(async () => {
+  const publishCfp = tool(async (args, config) => await run('publish_cfp', args, config, async (thread) => {
     if (!thread.startsWith('assemble:')) throw new MarketError('publish_cfp works in an assembly thread only')
     const model = o.modelFor(thread.slice('assemble:'.length))
     if (model === undefined) throw new MarketError('this agent is not assembling that model')
@@ -115,13 +117,13 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
     if (!verdict.ok) return verdict
     const cfp = await o.desk.publishCfp({ model, want: { start: args.start, end: args.end }, budget: args.budget, windowMs: o.cfpWindowMs, serveForMs: o.serveForMs, maxRounds: o.maxRounds, text: args.text })
     return `Call ${cfp.cfpId} published for layers [${args.start}, ${args.end}); proposals close in ${o.cfpWindowMs} ms.`
-  })), {
+  }), {
     name: 'publish_cfp',
     description: 'As a head: call for proposals to serve layers [start, end) of the model you are assembling, within a total budget per million tokens.',
     schema: z.object({ start: LAYER, end: LAYER, budget: PRICE, text: TEXT })
   })
 
-  const propose = tool(async (args, config) => await run('propose', args, config, async (thread) => await oneAtATime(async () => {
+  const propose = tool(async (args, config) => await run('propose', args, config, async (thread) => {
     const n = await negotiationOf(thread)
     if (n.role !== 'worker') throw new MarketError('only workers propose; as the head use accept, counter or reject')
     const t = terms(args)
@@ -129,13 +131,13 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
     if (!verdict.ok) return verdict
     await o.desk.propose(n.cfpId, t, args.text)
     return `Proposed layers [${t.start}, ${t.end}) at ${t.price} to ${o.nameOf(n.head)}.`
-  })), {
+  }), {
     name: 'propose',
     description: 'As a worker: offer to serve layers [start, end) of the called model at a price per layer.',
     schema: z.object({ start: LAYER, end: LAYER, price: PRICE, text: TEXT })
   })
 
-  const counter = tool(async (args, config) => await run('counter', args, config, async (thread) => await oneAtATime(async () => {
+  const counter = tool(async (args, config) => await run('counter', args, config, async (thread) => {
     const n = await negotiationOf(thread)
     const peer = await counterpart(n, args.peer)
     const current = await o.desk.book.thread(n.cfpId, peer)
@@ -145,7 +147,7 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
     if (!verdict.ok) return verdict
     await o.desk.counter(n.cfpId, peer, t, args.text)
     return `Countered ${o.nameOf(peer)}: layers [${t.start}, ${t.end}) at ${t.price}.`
-  })), {
+  }), {
     name: 'counter',
     description: 'Answer the terms on the table with your own: layers [start, end) at a price per layer. Each side has a limited number of rounds.',
     schema: z.object({ peer: PEER, start: LAYER, end: LAYER, price: PRICE, text: TEXT })
