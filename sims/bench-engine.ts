@@ -1,21 +1,26 @@
 /**
- * Engine benchmark, one run on the ~320 MB "bench" test model (f16, n_embd 1024, 8 layers), greedy:
- *   - one llama-server process (all layers on its CPU): the baseline;
- *   - 2 and 3 rpc-server workers reached over direct TCP (no proxy), and through a byte-counting
- *     user-space proxy with 0 / 10 / 25 ms one-way delay per chunk;
- *   - 2 and 3 workers reached through /clawmesh/rpc/1 libp2p tunnels with 0 / 10 / 25 ms one-way delay
- *     added inside the tunnel.
- * Reports generation tokens/s (llama-server's own timing, prompt excluded), its ratio to the baseline,
- * and RPC payload bytes on the wire per generated token (measured as the difference between an
- * N-token and a 4-token request, so prompt processing cancels out; libp2p framing not included).
- * All libp2p nodes (head + workers) run in this one Node process; llama-server and every rpc-server
- * are separate processes. Every process gets the same thread count, 1 by default: on a 2-core box,
- * ggml's spinning worker threads in several processes fight over the cores (with 2 threads the
- * one-process baseline itself dropped from 36 to 12 tok/s), which would measure contention, not links.
- * Usage: npx tsx sims/bench-engine.ts [--threads 1] [--tokens 48] [--delays 0,10,25] [--workers 2,3] [--repeats 3]
+ * Engine benchmark on a seeded-random test model, greedy:
+ *   - one llama-server process (all layers on its CPU): the baseline, at each concurrency;
+ *   - the star (llama.cpp RPC, today's engine) over k rpc-server workers, with the output matrix and
+ *     embeddings pinned to the head (PIN_TO_HEAD_ARGS), reached through a byte-counting user-space
+ *     proxy ("tcp") and, unless --quick, through /clawmesh/rpc/1 libp2p tunnels ("libp2p"), under
+ *     each emulated link shape: one-way delay × bandwidth cap per direction (0 = uncapped);
+ *   - 1 and 8 concurrent requests through llama-server's slots (-np, continuous batching).
+ * Each star is loaded once per worker count; the link is then reshaped between rows (loading a model
+ * through a 20 Mbit/s link would take most of the run).
+ * Reports aggregate generation tokens/s (per request: llama-server's predicted_n over the span of
+ * the generation phases; prompt excluded), its ratio to one process at the same concurrency, wire
+ * bytes per generated token per link (N-token minus 4-token batch, so prompts cancel out; libp2p
+ * framing not included), floor_ms (per decoding step: 2·k·d + one process's compute per step) and
+ * wire_ms (bytes of one step serialised at the cap, links one after another as the star does).
+ * All libp2p nodes run in this one Node process; llama-server and every rpc-server are separate
+ * processes with the same thread count (1 by default: several spinning ggml pools on a 2-core box
+ * measure contention, not links).
+ * Usage: npx tsx sims/bench-engine.ts [--quick] [--json FILE] [--model bench|small|tiny] [--workers 2,3]
+ *        [--delays 0,10,25] [--bandwidths 0,20] [--concurrent 1,8] [--tokens 32] [--repeats 3] [--transports tcp,libp2p]
  */
 import '../runtime/polyfill.ts';
-import { existsSync, mkdirSync, renameSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { homedir, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,9 +28,10 @@ import { parseArgs } from 'node:util';
 import { ensureLlamaBuild, type LlamaBuild } from '../runtime/engine/build.ts';
 import { TEST_MODEL_PRESETS, generateTestModel } from '../runtime/engine/test-model.ts';
 import { sha256File } from '../runtime/engine/catalog.ts';
-import { freePort, serverGreedyCompletion, startLlamaServer, startRpcServer, type RpcServerHandle } from '../runtime/engine/llama-procs.ts';
-import { computeTensorSplit } from '../runtime/engine/split.ts';
+import { freePort, startLlamaServer, startRpcServer, type LlamaServerHandle, type RpcServerHandle } from '../runtime/engine/llama-procs.ts';
+import { computeTensorSplit, PIN_TO_HEAD_ARGS } from '../runtime/engine/split.ts';
 import { startDelayProxy, type DelayProxy } from '../runtime/engine/delay-proxy.ts';
+import type { LinkShape } from '../runtime/engine/splice.ts';
 import { writeTestContract } from '../runtime/engine/contracts.ts';
 import { SliceWorker } from '../runtime/engine/worker.ts';
 import { startPipeline, type Assignment } from '../runtime/engine/head.ts';
@@ -34,30 +40,64 @@ import type { MeshNode } from '../runtime/node/node.ts';
 
 const { values } = parseArgs({
   options: {
+    quick: { type: 'boolean', default: false },
+    json: { type: 'string' },
+    model: { type: 'string' },
     threads: { type: 'string', default: '1' },
-    tokens: { type: 'string', default: '48' },
-    delays: { type: 'string', default: '0,10,25' },
-    workers: { type: 'string', default: '2,3' },
+    tokens: { type: 'string' },
+    delays: { type: 'string' },
+    bandwidths: { type: 'string' },
+    workers: { type: 'string' },
+    concurrent: { type: 'string', default: '1,8' },
     prompt: { type: 'string', default: 'Once upon a time' },
-    repeats: { type: 'string', default: '3' },
+    repeats: { type: 'string' },
+    transports: { type: 'string' },
   },
 });
+const quick = values.quick;
+const list = (s: string) => s.split(',').map(Number);
 const threads = Number(values.threads);
-const delays = values.delays.split(',').map(Number);
-const workerCounts = values.workers.split(',').map(Number);
+const delays = list(values.delays ?? '0,25');
+const bandwidths = list(values.bandwidths ?? '0,20');
+const workerCounts = list(values.workers ?? (quick ? '3' : '2,3'));
+const concurrents = list(values.concurrent);
+const repeats = Number(values.repeats ?? 3);
+const transports = (values.transports ?? (quick ? 'tcp' : 'tcp,libp2p')).split(',') as Array<'tcp' | 'libp2p'>;
+const presetName = (values.model ?? (quick ? 'small' : 'bench')) as keyof typeof TEST_MODEL_PRESETS;
+const preset = TEST_MODEL_PRESETS[presetName];
+if (preset === undefined) throw new Error(`unknown --model ${presetName}: ${Object.keys(TEST_MODEL_PRESETS).join(', ')}`);
+const baseTokens = Number(values.tokens ?? (quick ? 24 : 48));
+const maxC = Math.max(...concurrents);
+/** Per-slot context: prompt + tokens fit with room; llama-server divides -c among its -np slots. */
+const ctxSize = 256 * maxC;
 const PROMPT = values.prompt;
-const preset = TEST_MODEL_PRESETS.bench;
 /** Fewer tokens on slow links keep the whole run within minutes. */
-const tokensFor = (delay: number) => (delay === 0 ? Number(values.tokens) : delay <= 10 ? 24 : 16);
+const tokensFor = (delay: number) => (delay === 0 ? baseTokens : Math.max(8, Math.min(baseTokens, delay <= 10 ? 24 : 16)));
 
-interface Row { setup: string; workers: number; delay: number; tps: number; bytesPerToken?: number; identical: boolean; loadS: number }
+interface Row {
+  setup: 'one-process' | 'star' | 'chain';
+  transport: 'none' | 'tcp' | 'libp2p';
+  stages: number;
+  delay_ms: number;
+  /** 0 = uncapped. */
+  bandwidth_mbit: number;
+  concurrent: number;
+  tok_s: number;
+  ratio: number;
+  bytes_per_token_per_link: number | null;
+  floor_ms: number;
+  wire_ms: number | null;
+  identical: boolean;
+}
 const rows: Row[] = [];
+/** One process: aggregate tok/s and greedy texts per concurrency. */
+const baseline = new Map<number, { tps: number; texts: string[] }>();
+
 const record = (r: Row) => {
   rows.push(r);
-  console.error(`  ${r.setup}, ${r.workers} worker(s), ${r.delay} ms: ${r.tps.toFixed(1)} tok/s, load ${r.loadS.toFixed(1)} s${r.bytesPerToken !== undefined ? `, ${(r.bytesPerToken / 1024).toFixed(1)} KiB/token` : ''}`);
+  console.error(`  ${r.setup}${r.transport === 'none' ? '' : `/${r.transport}`} k=${r.stages} d=${r.delay_ms} ms bw=${r.bandwidth_mbit || '∞'} c=${r.concurrent}: ${r.tok_s.toFixed(1)} tok/s (${r.ratio.toFixed(2)}x)` +
+    `${r.bytes_per_token_per_link !== null ? `, ${(r.bytes_per_token_per_link / 1024).toFixed(1)} KiB/token/link` : ''}, floor ${r.floor_ms.toFixed(1)} ms/step${r.identical ? '' : ', TEXT DIFFERS'}`);
 };
-let baselineText = '';
-let baselineTps = NaN;
 
 function rangesFor(k: number): Array<[number, number]> {
   const per = Math.ceil(preset.nLayer / k);
@@ -66,35 +106,57 @@ function rangesFor(k: number): Array<[number, number]> {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-/**
- * Greedy tokens/s of an N-token run (median of --repeats runs: a 2-core box is noisy), and wire bytes
- * per token from the N-token minus 4-token difference.
- */
-async function measure(url: string, delay: number, bytes: () => number): Promise<{ tps: number; bytesPerToken?: number; text: string }> {
-  const runs: Array<{ tps: number; bytesPerToken?: number; text: string }> = [];
-  for (let i = 0; i < Number(values.repeats); i++) runs.push(await measureOnce(url, delay, bytes));
-  const tps = median(runs.map((r) => r.tps));
-  return { tps, bytesPerToken: runs[0].bytesPerToken, text: runs[0].text };
+interface Done { text: string; n: number; genStart: number; genEnd: number }
+
+/** One greedy /completion; the generation phase is placed on our clock from llama-server's predicted_ms. */
+async function complete(url: string, n: number): Promise<Done> {
+  const body = { prompt: PROMPT, n_predict: n, temperature: 0, top_k: 1, seed: 1, cache_prompt: false };
+  const r = await fetch(`${url}/completion`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  if (!r.ok) throw new Error(`POST ${url}/completion → HTTP ${r.status}: ${(await r.text()).slice(0, 300)}`);
+  const j = (await r.json()) as { content: string; timings: { predicted_n: number; predicted_ms: number } };
+  const end = performance.now();
+  return { text: j.content, n: j.timings.predicted_n, genStart: end - j.timings.predicted_ms, genEnd: end };
 }
 
-async function measureOnce(url: string, delay: number, bytes: () => number): Promise<{ tps: number; bytesPerToken?: number; text: string }> {
-  const n = tokensFor(delay);
-  const b0 = bytes();
-  await serverGreedyCompletion(url, PROMPT, 4);
-  const b1 = bytes();
-  const res = await serverGreedyCompletion(url, PROMPT, n);
-  const b2 = bytes();
-  const generated = res.tokens.length;
-  const perToken = generated > 4 ? ((b2 - b1) - (b1 - b0)) / (generated - 4) : undefined;
-  return { tps: res.tokensPerSecond, bytesPerToken: perToken, text: res.text };
+async function batch(url: string, c: number, n: number): Promise<Done[]> {
+  return await Promise.all(Array.from({ length: c }, () => complete(url, n)));
+}
+
+interface Measured { tps: number; bytesPerTokenPerLink: number | null; texts: string[] }
+
+/** Aggregate tok/s over the span of c concurrent generations (median of repeats), wire bytes per generated token per link. */
+async function measure(url: string, c: number, n: number, links: number, bytes?: () => number): Promise<Measured> {
+  const runs: Measured[] = [];
+  for (let i = 0; i < repeats; i++) {
+    const b0 = bytes?.() ?? 0;
+    const short = await batch(url, c, 4);
+    const b1 = bytes?.() ?? 0;
+    const long = await batch(url, c, n);
+    const b2 = bytes?.() ?? 0;
+    const tokens = long.reduce((a, d) => a + d.n, 0);
+    const span = Math.max(...long.map((d) => d.genEnd)) - Math.min(...long.map((d) => d.genStart));
+    const extra = tokens - short.reduce((a, d) => a + d.n, 0);
+    runs.push({
+      tps: (tokens / span) * 1000,
+      bytesPerTokenPerLink: bytes !== undefined && extra > 0 ? ((b2 - b1) - (b1 - b0)) / extra / links : null,
+      texts: long.map((d) => d.text),
+    });
+  }
+  return { ...runs[0], tps: median(runs.map((r) => r.tps)) };
+}
+
+/** Every text agrees (as a prefix, runs differ in length) with one of one process's texts at the same concurrency. */
+function sameText(c: number, texts: string[]): boolean {
+  const ref = baseline.get(c)?.texts ?? [];
+  return texts.every((t) => ref.some((r) => r.startsWith(t) || t.startsWith(r)));
 }
 
 async function benchModel(): Promise<string> {
   const dir = join(homedir(), '.cache', 'clawmesh', 'bench-models');
   mkdirSync(dir, { recursive: true });
-  const path = join(dir, 'bench-s7-f16.gguf');
+  const path = join(dir, presetName === 'bench' ? 'bench-s7-f16.gguf' : `${presetName}-s7-f16.gguf`);
   if (!existsSync(path)) {
-    console.error(`generating ${path} (~320 MB)…`);
+    console.error(`generating ${path}…`);
     await generateTestModel({ path: path + '.tmp', seed: 7, ...preset });
     renameSync(path + '.tmp', path);
   }
@@ -102,65 +164,73 @@ async function benchModel(): Promise<string> {
 }
 
 async function oneProcess(build: LlamaBuild, model: string): Promise<void> {
-  const t0 = Date.now();
-  const server = await startLlamaServer({ bin: build.llamaServer, model, port: await freePort(), threads, ctxSize: 512, extraArgs: ['-ngl', '0'] });
-  const loadS = (Date.now() - t0) / 1000;
+  const server = await startLlamaServer({ bin: build.llamaServer, model, port: await freePort(), threads, ctxSize, extraArgs: ['-ngl', '0', '-np', String(maxC)] });
   try {
-    // Warm-up: the first request pays page faults on the weights.
-    await serverGreedyCompletion(server.url, PROMPT, 4);
-    const m = await measure(server.url, 0, () => 0);
-    baselineText = m.text;
-    baselineTps = m.tps;
-    record({ setup: 'one process', workers: 1, delay: 0, tps: m.tps, identical: true, loadS });
+    await batch(server.url, 1, 4); // warm-up: the first request pays page faults on the weights
+    for (const c of concurrents) {
+      const m = await measure(server.url, c, tokensFor(0), 1);
+      baseline.set(c, { tps: m.tps, texts: m.texts });
+      record({
+        setup: 'one-process', transport: 'none', stages: 1, delay_ms: 0, bandwidth_mbit: 0, concurrent: c, tok_s: m.tps, ratio: 1,
+        bytes_per_token_per_link: null, floor_ms: (1000 * c) / m.tps, wire_ms: null, identical: true,
+      });
+    }
   } finally {
     await server.stop();
   }
 }
 
-async function direct(build: LlamaBuild, model: string, servers: RpcServerHandle[], k: number, delay: number | 'none'): Promise<void> {
-  const used = servers.slice(0, k);
-  const proxies: DelayProxy[] = [];
-  try {
-    if (delay !== 'none') for (const s of used) proxies.push(await startDelayProxy(s.endpoint, delay));
-    const endpoints = delay === 'none' ? used.map((s) => s.endpoint) : proxies.map((p) => p.endpoint);
-    const split = computeTensorSplit(rangesFor(k).map(([start, end], i) => ({ worker: endpoints[i], start, end })), preset.nLayer);
-    const t0 = Date.now();
-    const server = await startLlamaServer({
-      bin: build.llamaServer, model, port: await freePort(), threads, ctxSize: 512, readyTimeoutMs: 300_000,
-      extraArgs: ['--rpc', split.devices.join(','), ...split.args, '--fit', 'off'],
-    });
-    const loadS = (Date.now() - t0) / 1000;
-    try {
-      const d = delay === 'none' ? 0 : delay;
-      const m = await measure(server.url, d, () => proxies.reduce((a, p) => a + p.bytesToTarget + p.bytesFromTarget, 0));
-      record({
-        setup: delay === 'none' ? 'direct TCP' : 'TCP via delay proxy', workers: k, delay: d, tps: m.tps,
-        bytesPerToken: delay === 'none' ? undefined : m.bytesPerToken, identical: baselineText.startsWith(m.text) || m.text.startsWith(baselineText), loadS,
-      });
-    } finally {
-      await server.stop();
+/** Runs every link shape × concurrency on one loaded star. */
+async function shapes(url: string, k: number, transport: 'tcp' | 'libp2p', reshape: (s: LinkShape) => void, bytes: () => number): Promise<void> {
+  await batch(url, 1, 4);
+  for (const d of delays) {
+    for (const bw of bandwidths) {
+      reshape({ delayMs: d, bandwidthMbit: bw });
+      for (const c of concurrents) {
+        const m = await measure(url, c, tokensFor(d), k, bytes);
+        const base = baseline.get(c)!.tps;
+        const perStep = m.bytesPerTokenPerLink !== null ? m.bytesPerTokenPerLink * k * c : null;
+        record({
+          setup: 'star', transport, stages: k, delay_ms: d, bandwidth_mbit: bw, concurrent: c, tok_s: m.tps, ratio: m.tps / base,
+          bytes_per_token_per_link: m.bytesPerTokenPerLink, floor_ms: 2 * k * d + (1000 * c) / base,
+          wire_ms: bw > 0 && perStep !== null ? (perStep * 8) / (bw * 1000) : null, identical: sameText(c, m.texts),
+        });
+      }
     }
+  }
+  reshape({});
+}
+
+async function starTcp(build: LlamaBuild, model: string, servers: RpcServerHandle[], k: number): Promise<void> {
+  const proxies: DelayProxy[] = [];
+  let server: LlamaServerHandle | undefined;
+  try {
+    for (const s of servers.slice(0, k)) proxies.push(await startDelayProxy(s.endpoint));
+    const split = computeTensorSplit(rangesFor(k).map(([start, end], i) => ({ worker: proxies[i].endpoint, start, end })), preset.nLayer);
+    server = await startLlamaServer({
+      bin: build.llamaServer, model, port: await freePort(), threads, ctxSize, readyTimeoutMs: 300_000,
+      extraArgs: ['--rpc', split.devices.join(','), ...PIN_TO_HEAD_ARGS, ...split.args, '--fit', 'off', '-np', String(maxC)],
+    });
+    await shapes(server.url, k, 'tcp', (s) => { for (const p of proxies) p.setShape(s); }, () => proxies.reduce((a, p) => a + p.bytesToTarget + p.bytesFromTarget, 0));
   } finally {
+    await server?.stop();
     await Promise.all(proxies.map((p) => p.close()));
   }
 }
 
-async function tunnels(build: LlamaBuild, model: string, sha: string, head: MeshNode, workers: MeshNode[], slices: SliceWorker[], k: number, delay: number): Promise<void> {
+async function starLibp2p(build: LlamaBuild, model: string, sha: string, head: MeshNode, workers: MeshNode[], slices: SliceWorker[], k: number): Promise<void> {
   const assignments: Assignment[] = [];
   for (const [i, [start, end]] of rangesFor(k).entries()) {
     const w = workers[i];
     const c = await writeTestContract(w.store, { modelSha256: sha, headKey: head.key, workerKey: w.key, layerStart: start, layerEnd: end });
     assignments.push({ worker: w.peerId.toString(), start, end, contractId: c.id, addrs: w.multiaddrs() });
   }
-  const t0 = Date.now();
   const p = await startPipeline({
     node: head, model: { path: model, sha256: sha, nLayer: preset.nLayer }, assignments, llamaServerBin: build.llamaServer,
-    threads, ctxSize: 512, delayMs: delay, stallTimeoutMs: 120_000, pingIntervalMs: 0,
+    threads, ctxSize, stallTimeoutMs: 120_000, pingIntervalMs: 0, extraArgs: ['-np', String(maxC)],
   });
-  const loadS = (Date.now() - t0) / 1000;
   try {
-    const m = await measure(p.url, delay, () => p.links().reduce((a, l) => a + l.bytesToWorker + l.bytesFromWorker, 0));
-    record({ setup: 'libp2p tunnel', workers: k, delay, tps: m.tps, bytesPerToken: m.bytesPerToken, identical: baselineText.startsWith(m.text) || m.text.startsWith(baselineText), loadS });
+    await shapes(p.url, k, 'libp2p', (s) => p.setLinkShape(s), () => p.links().reduce((a, l) => a + l.bytesToWorker + l.bytesFromWorker, 0));
   } finally {
     await p.stop();
     await Promise.all(assignments.map((a, i) => slices[i].release(a.contractId)));
@@ -168,11 +238,11 @@ async function tunnels(build: LlamaBuild, model: string, sha: string, head: Mesh
 }
 
 function printTable(): void {
-  const fmtBytes = (b?: number) => (b === undefined ? '–' : b >= 1 << 20 ? `${(b / (1 << 20)).toFixed(2)} MiB` : `${(b / 1024).toFixed(1)} KiB`);
-  console.log(`\n| setup | workers | one-way delay | tokens/s | vs one process | wire bytes / token | model load | same text |`);
-  console.log(`|---|---|---|---|---|---|---|---|`);
+  const kib = (b: number | null) => (b === null ? '–' : `${(b / 1024).toFixed(1)} KiB`);
+  console.log(`\n| setup | stages | one-way delay | cap | concurrent | tok/s | vs one process | bytes/token/link | floor ms/step | wire ms/step | same text |`);
+  console.log(`|---|---|---|---|---|---|---|---|---|---|---|`);
   for (const r of rows) {
-    console.log(`| ${r.setup} | ${r.workers} | ${r.delay} ms | ${r.tps.toFixed(1)} | ${(r.tps / baselineTps).toFixed(2)}x | ${fmtBytes(r.bytesPerToken)} | ${r.loadS.toFixed(1)} s | ${r.identical ? 'yes' : 'NO'} |`);
+    console.log(`| ${r.setup}${r.transport === 'none' ? '' : ` (${r.transport})`} | ${r.stages} | ${r.delay_ms} ms | ${r.bandwidth_mbit ? `${r.bandwidth_mbit} Mbit/s` : '–'} | ${r.concurrent} | ${r.tok_s.toFixed(1)} | ${r.ratio.toFixed(2)}x | ${kib(r.bytes_per_token_per_link)} | ${r.floor_ms.toFixed(1)} | ${r.wire_ms === null ? '–' : r.wire_ms.toFixed(1)} | ${r.identical ? 'yes' : 'NO'} |`);
   }
 }
 
@@ -182,36 +252,37 @@ async function main(): Promise<void> {
   const build = await ensureLlamaBuild();
   const model = await benchModel();
   const sha = await sha256File(model);
-  console.error(`model ${model} (${sha.slice(0, 12)}…), llama.cpp ${build.version}, ${threads} threads per process`);
+  console.error(`model ${model} (${sha.slice(0, 12)}…), llama.cpp ${build.version}, ${threads} thread(s) per process, ${repeats} repeat(s)`);
   const root = await mkdtemp(join(tmpdir(), 'clawmesh-bench-engine-'));
   const servers: RpcServerHandle[] = [];
   const nodes: MeshNode[] = [];
   const slices: SliceWorker[] = [];
+  const maxK = Math.max(...workerCounts);
   try {
     await oneProcess(build, model);
-    console.error(`one process: ${baselineTps.toFixed(1)} tok/s`);
-    const maxK = Math.max(...workerCounts);
-    for (let i = 0; i < maxK; i++) servers.push(await startRpcServer({ bin: build.rpcServer, port: await freePort(), threads }));
-    for (const k of workerCounts) {
-      await direct(build, model, servers, k, 'none');
-      for (const d of delays) await direct(build, model, servers, k, d);
-      console.error(`direct TCP, ${k} workers done (${((Date.now() - started) / 1000).toFixed(0)} s)`);
+    if (transports.includes('tcp')) {
+      for (let i = 0; i < maxK; i++) servers.push(await startRpcServer({ bin: build.rpcServer, port: await freePort(), threads }));
+      for (const k of workerCounts) {
+        await starTcp(build, model, servers, k);
+        console.error(`star over tcp, ${k} workers done (${((Date.now() - started) / 1000).toFixed(0)} s)`);
+      }
+      await Promise.all(servers.map((s) => s.stop()));
+      servers.length = 0;
     }
-    await Promise.all(servers.map((s) => s.stop()));
-    servers.length = 0;
-
-    const head = await openLoopbackNode(join(root, 'head'), 'head');
-    await head.start();
-    nodes.push(head);
-    for (let i = 0; i < maxK; i++) {
-      const w = await openLoopbackNode(join(root, `w${i}`), `w${i}`);
-      await w.start();
-      nodes.push(w);
-      slices.push(await SliceWorker.start({ node: w, rpcServerBin: build.rpcServer, threads, noCache: true }));
-    }
-    for (const k of workerCounts) {
-      for (const d of delays) await tunnels(build, model, sha, head, nodes.slice(1), slices, k, d);
-      console.error(`libp2p tunnels, ${k} workers done (${((Date.now() - started) / 1000).toFixed(0)} s)`);
+    if (transports.includes('libp2p')) {
+      const head = await openLoopbackNode(join(root, 'head'), 'head');
+      await head.start();
+      nodes.push(head);
+      for (let i = 0; i < maxK; i++) {
+        const w = await openLoopbackNode(join(root, `w${i}`), `w${i}`);
+        await w.start();
+        nodes.push(w);
+        slices.push(await SliceWorker.start({ node: w, rpcServerBin: build.rpcServer, threads, noCache: true }));
+      }
+      for (const k of workerCounts) {
+        await starLibp2p(build, model, sha, head, nodes.slice(1), slices, k);
+        console.error(`star over libp2p, ${k} workers done (${((Date.now() - started) / 1000).toFixed(0)} s)`);
+      }
     }
   } finally {
     await Promise.allSettled(slices.map((s) => s.stop()));
@@ -220,8 +291,10 @@ async function main(): Promise<void> {
     await rm(root, { recursive: true, force: true });
   }
   printTable();
+  if (values.json !== undefined) writeFileSync(values.json, JSON.stringify(rows, null, 2) + '\n');
   console.log(`\n(machine load average at start ${loadAtStart.toFixed(1)}, at end ${loadavg()[0].toFixed(1)}: other work on the box skews tokens/s)`);
-  console.log(`(total ${((Date.now() - started) / 1000).toFixed(0)} s; model ${preset.nLayer} layers, n_embd ${preset.nEmbd}, f16; tokens per run: ${delays.map((d) => `${tokensFor(d)} at ${d} ms`).join(', ')})`);
+  console.log(`(total ${((Date.now() - started) / 1000).toFixed(0)} s; model "${presetName}": ${preset.nLayer} layers, n_embd ${preset.nEmbd}, f16; output matrix on the head; ` +
+    `tokens per request: ${[...new Set(delays)].map((d) => `${tokensFor(d)} at ${d} ms`).join(', ')}; floor = 2·k·d + one process's ms per step at the same concurrency)`);
 }
 
 main().catch((err) => {

@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 import { ensureLlamaBuild } from './build.js';
 import { readGgufHeader } from './gguf-reader.js';
 import { freePort, runCompletion, startRpcServer, type RpcServerHandle } from './llama-procs.js';
-import { computeTensorSplit } from './split.js';
+import { computeTensorSplit, PIN_TO_HEAD_ARGS } from './split.js';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -35,7 +35,7 @@ async function main(): Promise<void> {
     const per = Math.ceil(nLayer / k);
     const ranges = servers.map((s, i) => ({ worker: s.endpoint, start: i * per, end: Math.min(nLayer, (i + 1) * per) })).filter((r) => r.start < r.end);
     const split = computeTensorSplit(ranges, nLayer);
-    const extra = ['--rpc', split.devices.join(','), ...split.args, '--fit', 'off'];
+    const extra = ['--rpc', split.devices.join(','), ...PIN_TO_HEAD_ARGS, ...split.args, '--fit', 'off']; // as the head runs it
     const res = await runCompletion({ ...base, threads, extraArgs: extra });
     console.log(`${k} rpc workers (${threads} thread${threads > 1 ? 's' : ''} each), ${extra.join(' ')}: ${res.evalTokensPerSecond} tok/s`);
     console.log(`identical output: ${res.text === one.text}`);

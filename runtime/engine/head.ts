@@ -13,9 +13,10 @@ import { multiaddr } from '@multiformats/multiaddr';
 import type { PeerId } from '@libp2p/interface';
 import type { MeshNode } from '../node/node.ts';
 import type { Logger } from '../log.ts';
-import { computeTensorSplit, type LayerRange, type TensorSplit } from './split.js';
+import { computeTensorSplit, PIN_TO_HEAD_ARGS, type LayerRange, type TensorSplit } from './split.js';
 import { freePort, startLlamaServer, type LlamaServerHandle } from './llama-procs.js';
 import { LinkMeter, openRpcStream, openTunnel, TunnelRefused, type Tunnel } from './tunnel.js';
+import type { LinkShape } from './splice.js';
 import { startFrontProxy, type FrontProxy } from './front-proxy.js';
 
 export interface Assignment {
@@ -47,6 +48,8 @@ export interface PipelineOptions {
   ctxSize?: number;
   /** Emulated one-way link delay added in every tunnel (benchmarks). */
   delayMs?: number;
+  /** Emulated bandwidth cap per direction in every tunnel, Mbit/s (benchmarks). */
+  bandwidthMbit?: number;
   /** A worker that sends nothing back for this long while a request is in flight is declared stalled. */
   stallTimeoutMs?: number;
   /** Same, while llama-server loads the model (default: max(60 s, stallTimeoutMs)). */
@@ -88,6 +91,8 @@ export interface Pipeline {
   /** Resolves once everything is torn down: with the failure, or undefined after stop(). */
   closed: Promise<PipelineFailure | undefined>;
   links(): LinkStats[];
+  /** Reshapes every tunnel's emulated link (benchmarks: one model load, many link shapes). */
+  setLinkShape(shape: LinkShape): void;
   stop(): Promise<void>;
 }
 
@@ -207,7 +212,7 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
 
     for (const a of o.assignments) {
       const t = await openTunnel({
-        host, worker: peers.get(a.worker)!, contractId: a.contractId, modelSha256: o.model.sha256, delayMs: o.delayMs, meter: new LinkMeter(),
+        host, worker: peers.get(a.worker)!, contractId: a.contractId, modelSha256: o.model.sha256, delayMs: o.delayMs, bandwidthMbit: o.bandwidthMbit, meter: new LinkMeter(),
         onFailure: (reason) => fail({ worker: a.worker, contractId: a.contractId, reason }),
       });
       tunnels.set(a.contractId, t);
@@ -216,7 +221,8 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
     server = await startLlamaServer({
       bin: o.llamaServerBin, model: o.model.path, port: await freePort(), threads: o.threads, ctxSize: o.ctxSize, signal: loading.signal,
       readyTimeoutMs: 600_000, // loading a big model over home links takes minutes; failures abort it sooner
-      extraArgs: [...(rpc.length > 0 ? ['--rpc', rpc.join(',')] : []), ...split.args, '--fit', 'off', ...(o.extraArgs ?? [])],
+      // Output matrix and embeddings stay on the head: logits never cross the network (split.ts).
+      extraArgs: [...(rpc.length > 0 ? ['--rpc', rpc.join(','), ...PIN_TO_HEAD_ARGS] : []), ...split.args, '--fit', 'off', ...(o.extraArgs ?? [])],
     });
     if (failure !== undefined) throw new PipelineError(`worker ${failure.worker} failed while the model loaded: ${failure.reason}`, failure);
     const srv = server;
@@ -267,6 +273,9 @@ export async function startPipeline(o: PipelineOptions): Promise<Pipeline> {
     links: () => [...tunnels].map(([id, t]) => ({
       worker: byContract.get(id)!.worker, contractId: id, endpoint: t.endpoint, bytesToWorker: t.meter.bytesToWorker, bytesFromWorker: t.meter.bytesFromWorker,
     })),
+    setLinkShape(shape) {
+      for (const t of tunnels.values()) t.setShape(shape);
+    },
     async stop() {
       if (state === 'running') {
         state = 'stopped';

@@ -1,6 +1,6 @@
 // Joins two byte pipes (TCP sockets or libp2p streams) both ways, with backpressure, half-close,
-// error propagation, byte counting and an optional per-chunk delay (home-link emulation: this
-// kernel has no netem, so the delay lives in user space).
+// error propagation, byte counting and an optional per-chunk delay and bandwidth cap (home-link
+// emulation: this kernel has no netem, so the link shape lives in user space).
 import type { Socket } from 'node:net';
 import type { Stream } from '@libp2p/interface';
 
@@ -78,21 +78,84 @@ export function streamEndpoint(stream: Stream, label: string): Endpoint {
   };
 }
 
+/** Link emulation for one direction: propagation delay and an optional bandwidth cap. */
+export interface LinkShape {
+  /** One-way propagation delay added to every byte. */
+  delayMs?: number;
+  /** Serialisation rate in Mbit/s (10^6 bit/s); undefined or 0 = unlimited. */
+  bandwidthMbit?: number;
+  /** Token-bucket depth in bytes: what may leave at once after an idle spell (DEFAULT_BURST_BYTES). */
+  burstBytes?: number;
+}
+
+/**
+ * One packet: every message pays its serialisation time, as on a DSL line whose sync rate is the cap.
+ * (Cable operators shape with deep buckets that would hide a star's few KiB a token entirely; the
+ * conservative model is the one worth benchmarking against.)
+ */
+export const DEFAULT_BURST_BYTES = 1500;
+
+/** Bytes a paced link delivers in one piece at most, so the receiver sees a stream, not rare big jumps. */
+export const PACE_SLICE = 16 << 10;
+
 /**
  * Holds every chunk `delayMs` before delivering it, in order; chunks are timestamped on arrival so
- * a delayed link keeps its bandwidth (a pipeline, not a sleep per chunk).
+ * a delayed link keeps its bandwidth (a pipeline, not a sleep per chunk). With a bandwidth cap a
+ * token bucket paces each direction: a byte may leave once the bucket holds a token for it, then
+ * travels delayMs, the way a home uplink serialises bytes and the path adds latency after.
  */
 export class DelayLine {
   private readonly queue: Array<{ due: number; buf: Uint8Array }> = [];
   private timer: NodeJS.Timeout | undefined;
   private onEmpty: (() => void) | undefined;
+  private delayMs = 0;
+  /** Bytes per millisecond, or 0 for unlimited. */
+  private rate = 0;
+  private burst = 0;
+  /** Token bucket: tokens (bytes) available at time `at` (negative = debt, paid back at `rate`). */
+  private tokens = 0;
+  private at = performance.now();
   bytes = 0;
 
-  constructor(private readonly delayMs: number, private readonly deliver: (buf: Uint8Array) => void) {}
+  constructor(shape: number | LinkShape, private readonly deliver: (buf: Uint8Array) => void) {
+    this.setShape(typeof shape === 'number' ? { delayMs: shape } : shape);
+  }
+
+  /**
+   * Changes the link's shape for bytes pushed from now on (benchmarks reshape a loaded pipeline
+   * between runs instead of reloading the model). Bytes already queued keep their order.
+   */
+  setShape(s: LinkShape): void {
+    this.delayMs = Math.max(0, s.delayMs ?? 0);
+    this.rate = s.bandwidthMbit !== undefined && s.bandwidthMbit > 0 ? (s.bandwidthMbit * 1e6) / 8 / 1000 : 0;
+    this.burst = Math.max(0, s.burstBytes ?? DEFAULT_BURST_BYTES);
+    this.tokens = this.burst;
+    this.at = performance.now();
+  }
 
   push(buf: Uint8Array): void {
-    if (this.delayMs <= 0 && this.queue.length === 0) { this.deliver(buf); return; }
-    this.queue.push({ due: performance.now() + this.delayMs, buf });
+    if (this.rate === 0) {
+      if (this.delayMs <= 0 && this.queue.length === 0) { this.deliver(buf); return; }
+      this.enqueue(performance.now() + this.delayMs, buf);
+      return;
+    }
+    // Pacing: spend tokens slice by slice; a slice leaves when the bucket is back to zero debt.
+    const now = performance.now();
+    this.tokens = Math.min(this.burst, this.tokens + (now - this.at) * this.rate);
+    this.at = now;
+    for (let off = 0; off < buf.byteLength; off += PACE_SLICE) {
+      const slice = buf.subarray(off, Math.min(buf.byteLength, off + PACE_SLICE));
+      this.tokens -= slice.byteLength;
+      const due = (this.tokens >= 0 ? now : now - this.tokens / this.rate) + this.delayMs;
+      // Within the burst and no delay: deliver now. A timer, even of 0 ms, costs about a millisecond
+      // per hop, which the star pays several times a token (measured: 174 -> 72 tok/s on 3 links).
+      if (due <= now && this.queue.length === 0) this.deliver(slice);
+      else this.enqueue(due, slice);
+    }
+  }
+
+  private enqueue(due: number, buf: Uint8Array): void {
+    this.queue.push({ due, buf });
     this.bytes += buf.byteLength;
     this.schedule();
   }
@@ -139,7 +202,10 @@ export interface SpliceResult {
 }
 
 export interface SpliceOptions {
+  /** One-way delay added each way (link emulation). */
   delayMs?: number;
+  /** Bandwidth cap per direction, Mbit/s (link emulation; token-bucket paced, see DelayLine). */
+  bandwidthMbit?: number;
   /** Bytes moved a → b and b → a, as they leave the source (for link meters). */
   onAtoB?: (n: number) => void;
   onBtoA?: (n: number) => void;
@@ -154,6 +220,8 @@ export interface SpliceOptions {
 
 export interface Splice {
   done: Promise<SpliceResult>;
+  /** Reshapes both directions' link emulation (see DelayLine.setShape). */
+  setShape(shape: LinkShape): void;
   /** Tears both sides down now (used when the pipeline fails or stops). */
   abort(err: Error): void;
 }
@@ -185,7 +253,7 @@ export function splice(a: Endpoint, b: Endpoint, o: SpliceOptions = {}): Splice 
     let waitingDrain = false;
     let heldByLine = false;
     const maybeResume = () => { if (!waitingDrain && !heldByLine) src.resume(); };
-    const line = new DelayLine(o.delayMs ?? 0, (buf) => {
+    const line = new DelayLine({ delayMs: o.delayMs, bandwidthMbit: o.bandwidthMbit }, (buf) => {
       if (finished) return;
       if (!dst.write(buf) && !waitingDrain) {
         waitingDrain = true;
@@ -226,5 +294,5 @@ export function splice(a: Endpoint, b: Endpoint, o: SpliceOptions = {}): Splice 
   };
   direction(a, b, 'a', o.onAtoB);
   direction(b, a, 'b', o.onBtoA);
-  return { done, abort: (err) => fail(a, err) };
+  return { done, abort: (err) => fail(a, err), setShape: (shape) => { for (const l of lines) l.setShape(shape); } };
 }

@@ -10,6 +10,20 @@
 //    boundaries are exact, so every range lands precisely where we asked (verified against the
 //    "layer N assigned to device" debug log in tests/engine).
 
+/**
+ * Keeps the output matrix and the token embeddings on the head's own CPU, whatever the split says:
+ * then the last worker sends back its hidden state (n_embd floats) instead of the logits (n_vocab
+ * floats: 128 KiB a token for a 32k vocabulary, about 0.6 MB for Qwen 2.5), and the first device gets
+ * embeddings, not token ids looked up remotely. Greedy tokens stay identical (tests/engine). Anchored:
+ * llama.cpp matches override patterns with std::regex_search, so a bare "output" would also catch
+ * e.g. "blk.N.attn_output.weight". An override to "CPU" picks the plain CPU buffer (plus the CPU's
+ * repacked layouts where the weight type has one), never an RPC device.
+ * Side effect measured in llama.cpp's source (src/llama-context.cpp): any tensor override turns
+ * off the scheduler's pipeline parallelism (micro-batch overlap across devices for long prompts).
+ */
+export const HEAD_PINNED_TENSORS = '^(output|token_embd)\\.weight$';
+export const PIN_TO_HEAD_ARGS: readonly string[] = ['-ot', `${HEAD_PINNED_TENSORS}=CPU`];
+
 export interface LayerRange {
   /** Stable id of the device's owner; must be unique (one contiguous range per device). */
   worker: string;

@@ -5,7 +5,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { PeerId, Stream } from '@libp2p/interface';
 import type { Host } from '../node/host.ts';
-import { socketEndpoint, splice, streamEndpoint, type Splice } from './splice.js';
+import { socketEndpoint, splice, streamEndpoint, type LinkShape, type Splice } from './splice.js';
 
 export const RPC_PROTOCOL = '/clawmesh/rpc/1';
 const MAX_FRAME = 64 * 1024;
@@ -125,6 +125,8 @@ export interface TunnelOptions {
   modelSha256: string;
   /** Extra one-way delay on every chunk, both directions (link emulation). */
   delayMs?: number;
+  /** Bandwidth cap per direction in Mbit/s (link emulation). */
+  bandwidthMbit?: number;
   meter?: LinkMeter;
   /** The link broke or the worker refused: called once per broken connection, never during close(). */
   onFailure: (reason: string) => void;
@@ -138,6 +140,8 @@ export interface Tunnel {
   meter: LinkMeter;
   /** Connections currently spliced. */
   active(): number;
+  /** Reshapes the emulated link of open and future connections (benchmarks). */
+  setShape(shape: LinkShape): void;
   close(): Promise<void>;
 }
 
@@ -148,6 +152,7 @@ export async function openTunnel(o: TunnelOptions): Promise<Tunnel> {
   const pending = new Set<Socket>();
   let closing = false;
   const worker = o.worker.toString();
+  let shape: LinkShape = { delayMs: o.delayMs, bandwidthMbit: o.bandwidthMbit };
 
   const server: Server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => {
     o.onConnection?.();
@@ -158,7 +163,7 @@ export async function openTunnel(o: TunnelOptions): Promise<Tunnel> {
         pending.delete(socket);
         if (closing || socket.destroyed) { stream.abort(new Error('tunnel closed')); socket.destroy(); return; }
         const s = splice(socketEndpoint(socket, 'llama-server'), streamEndpoint(stream, `worker ${worker}`), {
-          delayMs: o.delayMs,
+          ...shape,
           onAtoB: (n) => meter.sent(n),
           onBtoA: (n) => meter.received(n),
           failIfEndsFirst: 'b',
@@ -186,6 +191,10 @@ export async function openTunnel(o: TunnelOptions): Promise<Tunnel> {
     endpoint: `127.0.0.1:${addr.port}`,
     meter,
     active: () => splices.size,
+    setShape(next) {
+      shape = { ...next };
+      for (const s of splices) s.setShape(shape);
+    },
     async close() {
       closing = true;
       const err = new Error('pipeline stopped');

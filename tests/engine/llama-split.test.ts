@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, type TestContext } from 'vitest';
 import { TEST_MODEL_PRESETS, generateTestModel } from '../../runtime/engine/test-model.js';
-import { computeTensorSplit } from '../../runtime/engine/split.js';
+import { computeTensorSplit, PIN_TO_HEAD_ARGS } from '../../runtime/engine/split.js';
 import { freePort, parseLayerPlacement, runCompletion, serverGreedyCompletion, startLlamaServer, startRpcServer, type RpcServerHandle } from '../../runtime/engine/llama-procs.js';
 import type { LlamaBuild } from '../../runtime/engine/build.js';
 import { llamaBuildOrSkip, looksVaried, nodeGreedy, nodeLlama, type BuildOutcome } from './helpers.js';
@@ -73,13 +73,17 @@ describe('llama.cpp build vs node-llama-cpp vs 2-worker RPC split', () => {
     for (let i = 0; i < 2; i++) servers.push(await startRpcServer({ bin: build.rpcServer, port: await freePort(), threads: 1 }));
     const [a, b] = servers;
     const split = computeTensorSplit([{ worker: a.endpoint, start: 0, end: 3 }, { worker: b.endpoint, start: 3, end: preset.nLayer }], preset.nLayer);
-    const rpcArgs = ['--rpc', split.devices.join(','), ...split.args, '--fit', 'off'];
+    const rpcArgs = ['--rpc', split.devices.join(','), ...PIN_TO_HEAD_ARGS, ...split.args, '--fit', 'off'];
     for (const [i, prompt] of PROMPTS.entries()) {
       // -v on the first run only: it prints where each layer went.
       const res = await runCompletion({ bin: build.completion, model: modelPath, prompt, nPredict: N, extraArgs: [...rpcArgs, ...(i === 0 ? ['-v'] : [])] });
       const expected = plainProcess.get(prompt) ?? (await runCompletion({ bin: build.completion, model: modelPath, prompt, nPredict: N, extraArgs: plainArgs })).text;
       expect(res.text, res.command).toBe(expected);
       if (i === 0) {
+        // The override took hold (debug log under -v): the output matrix is on the head's CPU, and the
+        // anchored pattern caught neither the attention output nor the output norm.
+        expect(res.stderr).toMatch(/tensor output\.weight \(.*\) buffer type overridden to CPU/);
+        expect(res.stderr).not.toMatch(/tensor (blk\.\d+\.attn_output|output_norm)\.weight .*overridden/);
         const placement = parseLayerPlacement(res.stderr);
         const seen = [...Array(preset.nLayer + 1).keys()].map((il) => placement.get(il));
         // layers 0-2 on worker a; 3-7 and the output head (layer 8) on worker b
@@ -96,7 +100,7 @@ describe('llama.cpp build vs node-llama-cpp vs 2-worker RPC split', () => {
     const split = computeTensorSplit([{ worker: a.endpoint, start: 0, end: 5 }, { worker: b.endpoint, start: 5, end: preset.nLayer }], preset.nLayer);
     const server = await startLlamaServer({
       bin: build.llamaServer, model: modelPath, port: await freePort(), ctxSize: 512,
-      extraArgs: ['--rpc', split.devices.join(','), ...split.args, '--fit', 'off'],
+      extraArgs: ['--rpc', split.devices.join(','), ...PIN_TO_HEAD_ARGS, ...split.args, '--fit', 'off'],
     });
     try {
       for (const prompt of PROMPTS) {

@@ -30,9 +30,10 @@ let head: MeshNode;
 const workers: Array<{ node: MeshNode; slice: SliceWorker }> = [];
 let refTokens: number[] = [];
 let refText = '';
+let nVocab = 0;
 
 beforeAll(async () => {
-  await generateTestModel({ path: modelPath, seed: 4321, ...preset });
+  nVocab = (await generateTestModel({ path: modelPath, seed: 4321, ...preset })).nVocab;
   sha = await sha256File(modelPath);
   outcome = await llamaBuildOrSkip();
   if ('skip' in outcome) return;
@@ -132,7 +133,14 @@ describe('pipeline through libp2p tunnels', () => {
       const p = await h.start(options(build, assignments));
       try {
         expect(p.split.devices).toEqual(assignments.map((a) => a.contractId));
+        // Wire bytes per generated token on each link: an N-token minus a 4-token request, so the
+        // prompt and per-request setup cancel out.
+        const wire = () => p.links().map((l) => ({ up: l.bytesToWorker, down: l.bytesFromWorker }));
+        const b0 = wire();
+        const short = await serverGreedyCompletion(p.url, PROMPT, 4);
+        const b1 = wire();
         const res = await serverGreedyCompletion(p.url, PROMPT, N);
+        const b2 = wire();
         expect(res.tokens).toEqual(refTokens);
         expect(res.text).toBe(refText);
         // The OpenAI API the gateway will front gives the same text.
@@ -142,7 +150,17 @@ describe('pipeline through libp2p tunnels', () => {
           expect(l.bytesToWorker).toBeGreaterThan(0);
           expect(l.bytesFromWorker).toBeGreaterThan(0);
         }
-        console.log(`[engine] ${ranges.length} tunnelled workers: ${res.tokensPerSecond.toFixed(0)} tok/s; wire bytes ${p.links().map((l) => `${l.bytesToWorker}/${l.bytesFromWorker}`).join(', ')}`);
+        expect(short.tokens).toEqual(refTokens.slice(0, 4));
+        const extra = res.tokens.length - short.tokens.length;
+        const perToken = b2.map((b, i) => ({
+          up: ((b.up - b1[i].up) - (b1[i].up - b0[i].up)) / extra,
+          down: ((b.down - b1[i].down) - (b1[i].down - b0[i].down)) / extra,
+        }));
+        // The output matrix stays on the head (PIN_TO_HEAD_ARGS): no link carries the logits back
+        // (n_vocab x 4 bytes a token, 128 000 here), only hidden states of n_embd floats (1 KiB) and
+        // RPC replies. Unpinned, the last link returned more than n_vocab x 4 bytes a token.
+        for (const t of perToken) expect(t.down).toBeLessThan(nVocab);
+        console.log(`[engine] ${ranges.length} tunnelled workers: ${res.tokensPerSecond.toFixed(0)} tok/s; wire bytes per token up/down ${perToken.map((t) => `${t.up.toFixed(0)}/${t.down.toFixed(0)}`).join(', ')}`);
       } finally {
         await h.stop();
       }

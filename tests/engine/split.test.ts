@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { computeTensorSplit, simulateLlamaPlacement, validateLayerRanges, LayerSplitError } from '../../runtime/engine/split.js';
+import { computeTensorSplit, simulateLlamaPlacement, validateLayerRanges, LayerSplitError, HEAD_PINNED_TENSORS, PIN_TO_HEAD_ARGS } from '../../runtime/engine/split.js';
 
 describe('computeTensorSplit', () => {
   it('maps two contiguous ranges to -ngl n_layer+1 and per-device counts (output head on the last device)', () => {
@@ -57,5 +57,13 @@ describe('computeTensorSplit', () => {
   it('validateLayerRanges returns ranges sorted by start', () => {
     const v = validateLayerRanges([{ worker: 'c', start: 6, end: 8 }, { worker: 'a', start: 0, end: 2 }, { worker: 'b', start: 2, end: 6 }], 8);
     expect(v.map((r) => r.worker)).toEqual(['a', 'b', 'c']);
+  });
+
+  it('pins exactly the output matrix and token embeddings to the head (llama.cpp uses regex_search, so the pattern must be anchored)', () => {
+    // ECMAScript regex, as std::regex's default grammar.
+    const re = new RegExp(HEAD_PINNED_TENSORS);
+    for (const name of ['output.weight', 'token_embd.weight']) expect(re.test(name), name).toBe(true);
+    for (const name of ['blk.0.attn_output.weight', 'output_norm.weight', 'blk.3.ffn_output.weight', 'token_embd_norm.weight', 'output.weight.scale', 'xoutput.weight']) expect(re.test(name), name).toBe(false);
+    expect(PIN_TO_HEAD_ARGS).toEqual(['-ot', `${HEAD_PINNED_TENSORS}=CPU`]);
   });
 });
