@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import type { PrivateKey } from '@libp2p/interface'
 import {
   AcceptKind, CfpKind, CfpSchema, ContractEndKind, ContractKind, CounterKind, MARKET_KINDS, ProposeKind, RejectKind,
-  contractFromTerms, marketScope, sameContract, signContract, verifyContract, verifyContractSig,
+  contractFromTerms, contractId, marketScope, sameContract, signContract, verifyContract, verifyContractSig,
   type Accept, type Cfp, type ContractEnd, type ContractMsg, type Counter, type Envelope, type MessageKind, type ModelRef,
   type Propose, type Reject, type SignedContract, type Terms
 } from '../../protocols/index.ts'
@@ -301,11 +301,15 @@ export class MarketDesk {
     if (!sameContract(acc.contract, m.contract.doc)) return this.log.warn('contract differing from what we signed ignored', { cfpId: m.cfpId })
     // Binding only while our acceptance stands: one that lapsed, was declined or whose negotiation closed
     // was already let go of (its memory and deal slot freed), and a late countersignature must not
-    // revive it past the owner's bounds. The head hears why.
+    // revive it past the owner's bounds. A contract-end notice tells the head, which ends its copy too:
+    // such a contract is active nowhere.
     const n = await this.book.negotiation(m.cfpId)
     if (thread.status !== 'accepted' || n === undefined || n.status === 'closed') {
+      const why = `our acceptance had ${thread.status === 'accepted' ? 'closed' : thread.status} before your countersignature arrived`
       this.log.warn('countersignature after our acceptance ended ignored', { cfpId: m.cfpId, thread: thread.status, negotiation: n?.status })
-      if (thread.status !== 'contracted') await this.send(RejectKind, { cfpId: m.cfpId, model: m.model, to: env.from, reason: `our acceptance had ${thread.status === 'accepted' ? 'closed' : thread.status} before your countersignature arrived; no contract`, text: '' })
+      if (thread.status !== 'contracted') {
+        await this.send(ContractEndKind, { cfpId: m.cfpId, model: m.model, to: env.from, contractId: contractId(m.contract.doc), status: 'ended', reason: why, text: `No contract: ${why}.` })
+      }
       return
     }
     const check = await verifyContract(m.contract)

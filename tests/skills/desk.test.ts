@@ -79,9 +79,10 @@ describe('market desk', () => {
     await head.desk.signContract(cfpId, worker.id, '')
     await net.settle()
     expect(await active(worker)).toBe(0)
-    // The head hears why, and its agent gets a turn to act on it.
+    // The head hears why and ends its copy: the contract is active nowhere.
     await net.settle()
-    expect(head.events.some((e) => e.type === 'rejected' && e.reason.includes('expired'))).toBe(true)
+    expect(head.events.some((e) => e.type === 'ended' && e.reason.includes('expired'))).toBe(true)
+    expect(await active(head)).toBe(0)
   })
 
   it('a countersignature after the worker declined never becomes an active contract at the worker', async () => {
@@ -92,7 +93,9 @@ describe('market desk', () => {
     const held = net.held
     net.held = undefined
     for (const deliver of held) await deliver()
+    await net.settle()
     expect(await active(worker)).toBe(0)
+    expect(await active(head)).toBe(0)
   })
 
   it('records no proposal or counter outside the called range, and makes none', async () => {
