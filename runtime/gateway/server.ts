@@ -394,14 +394,17 @@ export class Gateway {
     // The stream ended before its usage event (the client hung up, or the pipeline broke): the prompt was
     // processed all the same, so it is billed from the gateway's own count, plus one token per content
     // chunk streamed (the first chunk carries only the role).
-    return { prompt: await this.countPrompt(route, path, body, promptEstimate), completion: Math.max(0, chunks - 1) }
+    // When the pipeline cannot count (it broke), a client that hung up pays the estimate; a client the
+    // pipeline failed pays only what it received.
+    const fallback = abort.signal.aborted ? promptEstimate : 0
+    return { prompt: await this.countPrompt(route, path, body, promptEstimate, fallback), completion: Math.max(0, chunks - 1) }
   }
 
   /**
    * The prompt tokens of a request, counted by the pipeline's own tokenizer (llama-server's
-   * /apply-template and /tokenize); the reservation's upper-bound estimate when the pipeline cannot say.
+   * /apply-template and /tokenize), at most the estimate; `fallback` when the pipeline cannot say.
    */
-  private async countPrompt (route: Route, path: string, body: Record<string, unknown>, estimate: number): Promise<number> {
+  private async countPrompt (route: Route, path: string, body: Record<string, unknown>, estimate: number, fallback: number): Promise<number> {
     const base = route.upstream
     try {
       if (base === undefined) throw new Error('no pipeline')
@@ -416,8 +419,8 @@ export class Gateway {
       const { tokens } = await call<{ tokens: unknown[] }>('/tokenize', { content, add_special: true })
       return Math.min(tokens.length, estimate)
     } catch (err) {
-      this.o.log?.warn('could not count the prompt of an unfinished stream; billing the estimate', { model: route.name, error: (err as Error).message })
-      return estimate
+      this.o.log?.warn('could not count the prompt of an unfinished stream', { model: route.name, billed: fallback, error: (err as Error).message })
+      return fallback
     }
   }
 
