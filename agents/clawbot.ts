@@ -146,6 +146,7 @@ export class ClawBot {
       this.brain = this.opts.brain ?? await createBrain(this.settings.llm)
       this.checkpointer = SqliteSaver.fromConnString(join(this.node.home, THREADS_DB_FILE))
       const policy = new OwnerPolicy({ me: this.perception.me, book: this.book, bounds: () => this.perception.bounds(), renewBeforeMs: this.settings.renewBeforeMs })
+      this.desk.screenCalls(async (cfp) => await policy.screenCall(cfp))
       const tools = marketTools({
         desk: this.desk,
         guard: policy,

@@ -33,7 +33,7 @@ export async function cmdTranscripts (home: string, opts: { thread?: string, jso
 export interface RunningAgent {
   bot: ClawBot
   receipts: ReceiptService
-  /** The paid APIs started so far (one per assembled pipeline, on a head with a gateway section). */
+  /** The paid API, once a head with a gateway section assembled a model (one gateway sells every model). */
   gateways: () => Promise<Gateway[]>
   stop: () => Promise<void>
 }
@@ -48,27 +48,26 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
   const receipts = new ReceiptService(node)
   receipts.start()
   const bot = await ClawBot.start(node, { runner: engine.runner, brain: opts.brain })
-  // A head with a `gateway` section sells each model it assembles through the paid API: one gateway
-  // per model, kept across re-assemblies (clients keep their URL), pointed at the current pipeline.
-  const gateways = new Map<string, Promise<Gateway | undefined>>()
+  // A head with a `gateway` section sells every model it assembles through one paid API (one port;
+  // `model` picks the pipeline; one place counts each key's reservations), kept across re-assemblies
+  // (clients keep their URL) and pointed at each model's current pipeline.
+  let gateway: Promise<Gateway | undefined> | undefined
   bot.onAssembled((a) => {
     if (node.config.gateway === undefined || a.pipeline?.url === undefined) return
-    const url = a.pipeline.url
-    const contractIds = a.contracts.map((c) => contractId(c.doc))
-    const running = gateways.get(a.model.sha256)
-    if (running !== undefined) {
-      void running.then((g) => { g?.retarget(url, contractIds) })
+    const route = { upstream: a.pipeline.url, contractIds: a.contracts.map((c) => contractId(c.doc)), modelSha256: a.model.sha256, modelName: a.model.name }
+    if (gateway !== undefined) {
+      void gateway.then((g) => { g?.serve(route) })
       return
     }
-    gateways.set(a.model.sha256, startPaidApi(node, receipts, { url, contractIds, modelSha256: a.model.sha256, modelName: a.model.name }).then((g) => {
-      console.log(`Paid API for ${a.model.name}: ${g.url}/v1 (clawmesh keys create --credits N makes a key)`)
+    gateway = startPaidApi(node, receipts, { url: route.upstream, contractIds: route.contractIds, modelSha256: route.modelSha256, modelName: route.modelName }).then((g) => {
+      console.log(`Paid API: ${g.url}/v1 (clawmesh keys create --credits N makes a key)`)
       return g
     }, (err: unknown) => {
       node.log.warn('the paid API did not start', { error: (err as Error).message })
       return undefined
-    }))
+    })
   })
-  bot.onBroken((model) => { void gateways.get(model.sha256)?.then((g) => { g?.retarget(undefined) }) })
+  bot.onBroken((model) => { void gateway?.then((g) => { if (g?.models().includes(model.name) === true) g.retarget(undefined, undefined, model.sha256) }) })
   // Serving starts with the first contract as a worker, not at start: it may need a llama.cpp build,
   // which an agent that never sells has no reason to pay for. (The head retries a pipeline that
   // raced a worker's start.)
@@ -95,12 +94,12 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
   return {
     bot,
     receipts,
-    gateways: async () => (await Promise.all(gateways.values())).filter((g): g is Gateway => g !== undefined),
+    gateways: async () => { const g = await gateway; return g === undefined ? [] : [g] },
     // Every part stops even when another fails (after a crash the node's database may be closed).
     stop: async () => {
       const errors: unknown[] = []
       const step = async (f: () => unknown): Promise<void> => { try { await f() } catch (err) { errors.push(err) } }
-      for (const g of gateways.values()) await step(async () => { await (await g)?.stop() })
+      await step(async () => { await (await gateway)?.stop() })
       await step(async () => { await bot.stop() })
       await step(async () => { await receipts.stop() })
       await step(async () => { await (await serving)?.() })

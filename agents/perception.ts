@@ -5,6 +5,7 @@ import type { AgentSettings } from '../runtime/config.ts'
 import type { NegotiationBook } from '../skills/market/book.ts'
 import { headCommitments } from '../skills/market/holdings.ts'
 import { boundsFrom, type Bounds } from './policy.ts'
+import { peerName } from '../protocols/peer-text.ts'
 import { observationMessage, type AgentEvent, type Observation, type ThreadView } from './observation.ts'
 import type { HumanMessage } from '@langchain/core/messages'
 
@@ -33,7 +34,8 @@ export class Perception {
   nameOf (peerId: string): string {
     if (peerId === this.me) return this.node.config.name
     const p = this.node.presence?.peers().find((x) => x.peerId === peerId)
-    return p?.presence.name ?? `…${peerId.slice(-8)}`
+    // Presence names are chosen by peers and reach the LLM (observations, tool results) and terminals.
+    return p?.presence.name === undefined ? `…${peerId.slice(-8)}` : peerName(p.presence.name, `…${peerId.slice(-8)}`)
   }
 
   /**

@@ -91,6 +91,18 @@ export class OwnerPolicy implements MarketGuard {
   }
 
   /**
+   * Could this worker win the call at all? The cheapest proposal it may make (one layer of the called
+   * range at its floor) must pass its bounds (hours, idleness, deals, memory) and fit the call's budget.
+   * Calls that fail are dropped before they cost an LLM turn.
+   */
+  async screenCall (cfp: Cfp): Promise<Verdict> {
+    const b = this.deps.bounds()
+    if (b.floor > cfp.budget) return no(`the call's budget of ${cfp.budget} is below our floor of ${b.floor} for a single layer`)
+    const now = this.deps.now?.() ?? Date.now()
+    return await this.asWorker(cfp, { start: cfp.want.start, end: cfp.want.start + 1, price: b.floor, expiresAt: now + 60_000 }, b, false)
+  }
+
+  /**
    * A worker never sells below its floor, never lends more memory than the owner allows (counting
    * deals already made), holds at most maxDeals, and works only in the owner's hours (and idle time).
    */

@@ -1,6 +1,7 @@
 import type { Envelope, Terms } from '../protocols/index.ts'
 import type { Store } from '../runtime/store/store.ts'
 import { NegotiationBook } from '../skills/market/book.ts'
+import { peerName, peerText } from '../protocols/peer-text.ts'
 
 /** The agent records its name in the database's meta table so that offline readers can say "ada", not "me". */
 export const AGENT_NAME_META = 'agent_name'
@@ -37,9 +38,10 @@ export interface Transcript {
 export async function loadTranscripts (store: Store, opts: { thread?: string } = {}): Promise<Transcript[]> {
   const book = new NegotiationBook(store)
   const names = new Map<string, string>()
-  for (const p of await store.listPeers()) if (p.name !== null) names.set(p.peerId, p.name)
+  // Names and texts here are peer-chosen and printed to terminals: made inert once, at the source.
+  for (const p of await store.listPeers()) if (p.name !== null) names.set(p.peerId, peerName(p.name, `…${p.peerId.slice(-8)}`))
   const self = await store.getMeta('peer_id')
-  if (self !== undefined) names.set(self, await store.getMeta(AGENT_NAME_META) ?? 'me')
+  if (self !== undefined) names.set(self, peerName(await store.getMeta(AGENT_NAME_META) ?? 'me'))
   const nameOf = (id: string): string => names.get(id) ?? `…${id.slice(-8)}`
   const wanted = opts.thread?.replace(/^cfp:/, '')
   const negotiations = (await book.negotiations()).filter((n) => wanted === undefined || n.cfpId.startsWith(wanted))
@@ -59,7 +61,7 @@ export async function loadTranscripts (store: Store, opts: { thread?: string } =
     }))
     out.push({
       cfpId: n.cfpId,
-      model: { sha256: n.model, name: n.cfp.modelRef.name, nLayer: n.cfp.modelRef.nLayer },
+      model: { sha256: n.model, name: peerName(n.cfp.modelRef.name), nLayer: n.cfp.modelRef.nLayer },
       head: n.head,
       headName: nameOf(n.head),
       role: n.role,
@@ -75,9 +77,9 @@ function lineOf (env: Envelope<Record<string, unknown>>, nameOf: (id: string) =>
   const b = env.body
   const kind = env.kind.replace(/^market-/, '') as TranscriptLine['kind']
   const to = b.to as string | undefined
-  const line: TranscriptLine = { ts: env.ts, kind, from: env.from, fromName: nameOf(env.from), to, toName: to === undefined ? undefined : nameOf(to), text: String(b.text ?? '') }
+  const line: TranscriptLine = { ts: env.ts, kind, from: env.from, fromName: nameOf(env.from), to, toName: to === undefined ? undefined : nameOf(to), text: peerText(b.text, 1500) }
   if (kind === 'cfp') line.terms = { want: b.want as { start: number, end: number }, budget: b.budget as number, deadline: b.deadline as number }
-  else if (kind === 'reject') line.terms = { reason: b.reason as string }
+  else if (kind === 'reject') line.terms = { reason: peerText(b.reason, 300) }
   else if (kind === 'contract') {
     const doc = (b.contract as { doc: { start: number, end: number, price: number } }).doc
     line.terms = { start: doc.start, end: doc.end, price: doc.price }
@@ -96,19 +98,20 @@ function termsText (l: TranscriptLine): string {
 /** A negotiation as a readable dialogue: who said what, the binding terms beside it, the outcome. */
 export function formatTranscript (t: Transcript): string {
   const t0 = t.lines[0]?.ts ?? 0
-  const out = [`Negotiation ${t.cfpId}: ${t.headName} assembles ${t.model.name} (${t.model.nLayer} layers, ${t.model.sha256.slice(0, 12)}…); we were the ${t.role}; ${t.status}`]
+  const out = [`Negotiation ${peerText(t.cfpId, 64)}: ${peerName(t.headName)} assembles ${peerName(t.model.name)} (${t.model.nLayer} layers, ${t.model.sha256.slice(0, 12)}…); we were the ${t.role}; ${t.status}`]
   for (const l of t.lines) {
     const when = `+${((l.ts - t0) / 1000).toFixed(2)}s`.padStart(8)
     const who = `${l.fromName} → ${l.toName ?? 'all'}`
-    // Peer text goes to a terminal: control characters (escape sequences) are shown as spaces.
-    out.push(`${when}  ${who.padEnd(18)} ${l.kind.toUpperCase().padEnd(8)} "${l.text.replace(/[\u0000-\u001f\u007f-\u009f]/g, ' ')}"`)
+    // Peer text goes to a terminal: loadTranscripts made it inert (peerText); a Transcript built
+    // elsewhere is cleaned again here.
+    out.push(`${when}  ${peerName(who).padEnd(18)} ${l.kind.toUpperCase().padEnd(8)} "${peerText(l.text, 1500)}"`)
     const terms = termsText(l)
     if (terms !== '') out.push(`${' '.repeat(38)}terms: ${terms}`)
   }
   if (t.contracts.length === 0) out.push('Outcome: no contract.')
   else {
     out.push(`Outcome: ${t.contracts.length} contract${t.contracts.length === 1 ? '' : 's'}`)
-    for (const c of t.contracts) out.push(`  ${c.id.slice(0, 12)}  ${c.workerName.padEnd(10)} layers [${c.start}, ${c.end}) @ ${c.price}  (${c.status})`)
+    for (const c of t.contracts) out.push(`  ${c.id.slice(0, 12)}  ${peerName(c.workerName).padEnd(10)} layers [${c.start}, ${c.end}) @ ${c.price}  (${c.status})`)
   }
   return out.join('\n')
 }

@@ -88,6 +88,18 @@ function proposeFor (o: Observation): { moves: Move[], note: string } {
   }
 }
 
+/**
+ * A counter for layers the call did not ask for is declined as such: accepting it would sign a deal
+ * outside the call (the policy refuses it too, but the negotiator must not try, and the other side
+ * deserves the reason rather than silence).
+ */
+function outsideCall (o: Observation, t: ThreadView, peer?: string): { moves: Move[], note: string } | undefined {
+  const want = o.cfp?.want
+  if (want === undefined || (t.terms.start >= want.start && t.terms.end <= want.end)) return undefined
+  const reason = `layers [${t.terms.start}, ${t.terms.end}) are outside the called range [${want.start}, ${want.end})`
+  return { moves: [{ tool: 'reject', args: { ...(peer === undefined ? {} : { peer }), reason, text: say(`That is not what was called for: ${reason}.`) } }], note: say('Counter outside the call; declining.') }
+}
+
 function roundsLeft (o: Observation, t: ThreadView): number {
   return (o.cfp?.maxRounds ?? 1) * 2 - t.rounds
 }
@@ -95,6 +107,8 @@ function roundsLeft (o: Observation, t: ThreadView): number {
 function answerAsWorker (o: Observation, peer: string): { moves: Move[], note: string } {
   const t = o.threads.find((x) => x.peer === peer)
   if (t === undefined) return { moves: [], note: say('No such offer.') }
+  const off = outsideCall(o, t)
+  if (off !== undefined) return off
   const cfp = o.cfp!
   const p = t.terms.price
   const n = t.terms.end - t.terms.start
@@ -168,6 +182,8 @@ function choose (o: Observation): { moves: Move[], note: string } {
 function answerAsHead (o: Observation, peer: string): { moves: Move[], note: string } {
   const t = o.threads.find((x) => x.peer === peer)
   if (t === undefined) return { moves: [], note: say('No such offer.') }
+  const off = outsideCall(o, t, peer)
+  if (off !== undefined) return off
   const goal = target(o)
   const p = t.terms.price
   if (p <= goal) return { moves: [{ tool: 'accept', args: { peer, text: say(`Agreed at ${p}.`) } }], note: say(`Accepting ${p}.`) }

@@ -9,6 +9,7 @@ import { recordSingleUseInvite } from '../node/invites.ts'
 import { Store, type PeerRow } from '../store/store.ts'
 import { initHome, type InitOptions } from './home.ts'
 import { ago, bytes, printJson, table } from './format.ts'
+import { peerName } from '../../protocols/peer-text.ts'
 
 export interface Out {
   json: boolean
@@ -113,13 +114,14 @@ export async function cmdPeers (home: string, opts: Out): Promise<void> {
   console.log(table(
     ['NAME', 'PEER', 'LINK', 'SEEN', 'CPU/GPU', 'FREE RAM', 'MODELS', 'FLOOR'],
     peers.map((p) => [
-      p.name ?? '?',
+      // Names are peer-chosen and go to a terminal: no escape sequences, no direction overrides.
+      peerName(p.name ?? '?'),
       `…${p.peerId.slice(-10)}`,
       p.connected ? 'direct' : 'gossip',
       ago(p.lastSeen),
       p.presence === null ? '-' : `${p.presence.hardware.cpu.cores} cores${p.presence.hardware.backend === false ? '' : ' + ' + p.presence.hardware.backend}`,
       p.presence === null ? '-' : bytes(p.presence.hardware.memory.free),
-      p.presence === null ? '-' : p.presence.models.map((m) => `${m.name}(${m.layers}L)`).join(' ') || '-',
+      p.presence === null ? '-' : p.presence.models.map((m) => `${peerName(m.name)}(${m.layers}L)`).join(' ') || '-',
       p.presence === null ? '-' : String(p.presence.priceFloor)
     ])
   ))

@@ -29,13 +29,44 @@ export function chargeFor (tokens: number, contracts: readonly ContractRow[], ne
 }
 
 /**
- * An upper bound on a request's prompt tokens, before tokenizing: one token per byte of the JSON
- * encoding of each message (no tokenizer yields more tokens than bytes, bar a BOS) plus room for the
- * chat template's markup. Generous on purpose: it only sizes the reservation, never the bill.
+ * Request fields besides the messages that a chat template or llama-server renders into the prompt (tool
+ * definitions, the tool choice, a response format or grammar, template arguments), or that we cannot
+ * rule out costing tokens (stop strings). Their bytes count towards the bound like the messages'.
  */
-export function estimatePromptTokens (body: { messages?: unknown, prompt?: unknown }): number {
+const PROMPT_INPUTS = ['tools', 'tool_choice', 'functions', 'function_call', 'parallel_tool_calls', 'response_format', 'json_schema', 'grammar', 'stop', 'chat_template_kwargs'] as const
+
+/** The preamble a template writes around tool definitions ("You have access to the following functions…"). */
+const TOOLS_PREAMBLE_TOKENS = 1024
+
+/**
+ * An upper bound on a request's prompt tokens, before tokenizing: one token per byte of the JSON
+ * encoding of each message and of every other input that reaches the prompt (no tokenizer yields more
+ * tokens than bytes, bar a BOS) plus room for the chat template's markup. Generous on purpose: it sizes
+ * the reservation, and caps the bill, so an input left out of it is served without being paid for.
+ * For /v1/completions, pass one prompt at a time (see promptsOf).
+ */
+export function estimatePromptTokens (body: Record<string, unknown>): number {
+  let extra = 0
+  for (const field of PROMPT_INPUTS) if (body[field] !== undefined) extra += Buffer.byteLength(JSON.stringify(body[field]))
+  if (body.tools !== undefined || body.functions !== undefined) extra += TOOLS_PREAMBLE_TOKENS
   if (Array.isArray(body.messages)) {
-    return 16 + body.messages.reduce((n: number, m: unknown) => n + 32 + Buffer.byteLength(JSON.stringify(m ?? '')), 0)
+    return 16 + extra + body.messages.reduce((n: number, m: unknown) => n + 32 + Buffer.byteLength(JSON.stringify(m ?? '')), 0)
   }
-  return 16 + Buffer.byteLength(typeof body.prompt === 'string' ? body.prompt : JSON.stringify(body.prompt ?? ''))
+  return 16 + extra + Buffer.byteLength(typeof body.prompt === 'string' ? body.prompt : JSON.stringify(body.prompt ?? ''))
+}
+
+/** The most prompts one /v1/completions request may carry: each is a completion of its own. */
+export const MAX_PROMPTS = 16
+
+/**
+ * The prompts of a /v1/completions request, one per completion llama-server will run: a string or an
+ * array of token ids (or of ids mixed with strings) is one prompt; an array of strings or of token
+ * arrays is one prompt per element. Returns undefined for an empty array or one over MAX_PROMPTS.
+ */
+export function promptsOf (prompt: unknown): unknown[] | undefined {
+  if (!Array.isArray(prompt)) return [prompt]
+  if (prompt.length === 0) return undefined
+  if (!prompt.every((p) => typeof p === 'string' || Array.isArray(p))) return [prompt]
+  if (prompt.length > MAX_PROMPTS) return undefined
+  return prompt
 }

@@ -17,7 +17,9 @@ export interface PipelineEndpoint {
 
 /**
  * Starts the paid API of a head from its config's `gateway` section, billing through the node's
- * receipt service (which must be started: workers sign over gossip). Returns the running gateway.
+ * receipt service (which must be started: workers sign over gossip). Returns the running gateway,
+ * selling this pipeline's model; a node sells its other models on the same gateway (Gateway.serve),
+ * not on gateways of their own (one port, and one place where each key's reservations count).
  */
 export async function startPaidApi (node: MeshNode, service: ReceiptService, pipeline: PipelineEndpoint): Promise<Gateway> {
   const cfg = node.config.gateway

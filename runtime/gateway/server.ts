@@ -6,8 +6,9 @@ import { billableContracts, type ContractRow } from '../ledger/contracts.ts'
 import type { HeadBook, RecordedUsage } from '../ledger/head-book.ts'
 import { findKeyBySecret, type ApiKey } from './keys.ts'
 import { RateLimiter } from './rate-limit.ts'
-import { ApiError, badRequest, insufficientCredit, invalidKey, modelNotFound, notFound, rateLimited, sendError, unavailable, upstreamFailed } from './errors.ts'
-import { chargeFor, estimatePromptTokens } from './pricing.ts'
+import { ApiError, badRequest, invalidKey, modelNotFound, notFound, rateLimited, sendError, unavailable, upstreamFailed } from './errors.ts'
+import { MAX_PROMPTS, chargeFor, estimatePromptTokens, promptsOf } from './pricing.ts'
+import { holdBookFor, type HoldBook } from './holds.ts'
 import { SseSplitter, eventData } from './sse.ts'
 import type { SpotChecker, SpotOutcome } from './spot-check.ts'
 
@@ -24,8 +25,13 @@ export interface GatewayOptions {
    */
   contractIds?: readonly string[]
   modelSha256: string
-  /** The id clients use in `model`; one model per gateway. */
+  /** The id clients use in `model`. More models join the same gateway with serve(). */
   modelName: string
+  /**
+   * Reservations in flight, per key. Defaults to the one hold book of `db`, shared by every gateway on
+   * the node's database: a key's credit must not be spendable once per gateway.
+   */
+  holds?: HoldBook
   host?: string
   /** 0 picks a free port. */
   port?: number
@@ -46,6 +52,26 @@ const COMPLETION_PATHS = new Set(['/v1/chat/completions', '/v1/completions'])
 
 interface Usage { prompt_tokens?: number, completion_tokens?: number }
 
+/** One model the gateway sells: where its pipeline listens and which contracts it bills. */
+export interface ModelRoute {
+  modelName: string
+  modelSha256: string
+  /** The pipeline's base URL; undefined while the head re-assembles it (503, nothing held). */
+  upstream: string | undefined
+  /** Only these contracts are billed; undefined: every billable contract of the head for the model. */
+  contractIds?: readonly string[]
+}
+
+interface Route {
+  name: string
+  sha256: string
+  upstream: string | undefined
+  contractIds: ReadonlySet<string> | undefined
+  cache?: { at: number, rows: ContractRow[] }
+}
+
+interface Served { prompt: number, completion: number }
+
 /**
  * The paid, OpenAI-compatible front of a head's pipeline. Per request: authenticate (401), rate-limit
  * (429), reserve the most the request could cost against the key's balance minus its unsettled usage
@@ -56,34 +82,50 @@ interface Usage { prompt_tokens?: number, completion_tokens?: number }
 export class Gateway {
   private server: Server | undefined
   private readonly limiter = new RateLimiter()
-  private readonly holds = new Map<string, number>()
+  /** Reservations, and the queue that orders them with record-then-release (shared per database). */
+  private readonly holds: HoldBook
   private readonly background = new Set<Promise<unknown>>()
-  /** Serialises reservations with the record-then-release that ends a request (see hold()). */
-  private accounting: Promise<unknown> = Promise.resolve()
-  private contractCache: { at: number, rows: ContractRow[] } | undefined
+  /** The models sold here, by the id clients send as `model`. */
+  private readonly routes = new Map<string, Route>()
   readonly spotOutcomes: SpotOutcome[] = []
   /** Requests forwarded to the pipeline (tests check that refused requests never are). */
   upstreamRequests = 0
   private readonly createdS = Math.floor(Date.now() / 1000)
 
-  /** Where requests go now; undefined while the head re-assembles its pipeline (503, nothing held). */
-  private upstream: string | undefined
-  private contractIds: ReadonlySet<string> | undefined
-
   constructor (private readonly o: GatewayOptions) {
-    this.upstream = o.upstream
-    this.contractIds = o.contractIds === undefined ? undefined : new Set(o.contractIds)
+    this.holds = o.holds ?? holdBookFor(o.db)
+    this.serve({ modelName: o.modelName, modelSha256: o.modelSha256, upstream: o.upstream, contractIds: o.contractIds })
   }
 
   /**
-   * Points the API at a new pipeline and the contracts it runs on (the head re-assembled after a worker
-   * left, or moved onto renewed contracts), or at none while it re-assembles. Clients keep their URL
-   * and keys; contracts are re-read at once.
+   * Sells one more model on this gateway (same port, same keys), or replaces the route of a model
+   * already sold under that name or file. A node serves all its models from one gateway: one port,
+   * and one place where each key's reservations are counted.
    */
-  retarget (upstream: string | undefined, contractIds?: readonly string[]): void {
-    this.upstream = upstream
-    if (contractIds !== undefined) this.contractIds = new Set(contractIds)
-    this.contractCache = undefined
+  serve (m: ModelRoute): void {
+    for (const [name, r] of this.routes) if (r.sha256 === m.modelSha256 || name === m.modelName) this.routes.delete(name)
+    this.routes.set(m.modelName, { name: m.modelName, sha256: m.modelSha256, upstream: m.upstream, contractIds: m.contractIds === undefined ? undefined : new Set(m.contractIds) })
+  }
+
+  /** The ids clients may send as `model`. */
+  models (): string[] {
+    return [...this.routes.keys()]
+  }
+
+  /**
+   * Points a model's API at a new pipeline and the contracts it runs on (the head re-assembled after a
+   * worker left, or moved onto renewed contracts), or at none while it re-assembles. Clients keep their
+   * URL and keys; contracts are re-read at once. `model` (its id or file hash) may be left out while
+   * the gateway sells one model.
+   */
+  retarget (upstream: string | undefined, contractIds?: readonly string[], model?: string): void {
+    const route = model === undefined
+      ? (this.routes.size === 1 ? [...this.routes.values()][0] : undefined)
+      : [...this.routes.values()].find((r) => r.name === model || r.sha256 === model)
+    if (route === undefined) throw new Error(`retarget: no single model ${model ?? ''} on this gateway (it sells ${this.models().join(', ')})`)
+    route.upstream = upstream
+    if (contractIds !== undefined) route.contractIds = new Set(contractIds)
+    route.cache = undefined
   }
 
   get url (): string {
@@ -130,7 +172,7 @@ export class Gateway {
       const key = await this.authenticate(req)
       const wait = this.limiter.take(key.id, key.ratePerMin, key.burst)
       if (wait > 0) throw rateLimited(wait)
-      if (isModels) { this.models(res, path); return }
+      if (isModels) { this.listModels(res, path); return }
       await this.complete(req, res, path, key)
     } catch (err) {
       const e = err instanceof ApiError ? err : new ApiError(500, `gateway error: ${(err as Error).message}`, 'server_error')
@@ -149,12 +191,21 @@ export class Gateway {
     return key
   }
 
-  private models (res: ServerResponse, path: string): void {
-    const model = { id: this.o.modelName, object: 'model', created: this.createdS, owned_by: 'clawmesh' }
-    if (path === '/v1/models') { sendJson(res, 200, { object: 'list', data: [model] }); return }
+  private listModels (res: ServerResponse, path: string): void {
+    const model = (id: string): Record<string, unknown> => ({ id, object: 'model', created: this.createdS, owned_by: 'clawmesh' })
+    if (path === '/v1/models') { sendJson(res, 200, { object: 'list', data: this.models().map(model) }); return }
     const id = decodeURIComponent(path.slice('/v1/models/'.length))
-    if (id !== this.o.modelName) throw modelNotFound(`the model '${id}' does not exist`)
-    sendJson(res, 200, model)
+    if (!this.routes.has(id)) throw modelNotFound(`the model '${id}' does not exist`)
+    sendJson(res, 200, model(id))
+  }
+
+  /** The model a request names; with one model sold, `model` may be left out. */
+  private routeFor (model: unknown): Route {
+    if (model === undefined && this.routes.size === 1) return [...this.routes.values()][0]
+    if (model === undefined) throw badRequest(`model is required: this gateway serves ${this.models().map((m) => `'${m}'`).join(', ')}`, 'model')
+    const route = typeof model === 'string' ? this.routes.get(model) : undefined
+    if (route === undefined) throw modelNotFound(`the model '${String(model)}' does not exist; this gateway serves ${this.models().map((m) => `'${m}'`).join(', ')}`)
+    return route
   }
 
   private async complete (req: IncomingMessage, res: ServerResponse, path: string, key: ApiKey): Promise<void> {
@@ -162,25 +213,32 @@ export class Gateway {
     const chat = path === '/v1/chat/completions'
     if (chat && (!Array.isArray(body.messages) || body.messages.length === 0)) throw badRequest('messages must be a non-empty array', 'messages')
     if (!chat && body.prompt === undefined) throw badRequest('prompt is required', 'prompt')
-    if (body.model !== undefined && body.model !== this.o.modelName) throw modelNotFound(`the model '${String(body.model)}' does not exist; this gateway serves '${this.o.modelName}'`)
+    const route = this.routeFor(body.model)
     const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? this.o.defaultMaxTokens ?? 256
     const cap = this.o.maxTokensCap ?? 4096
     if (typeof maxTokens !== 'number' || !Number.isInteger(maxTokens) || maxTokens < 1 || maxTokens > cap) {
       throw badRequest(`max_tokens must be an integer in [1, ${cap}]`, 'max_tokens')
     }
     if (typeof body.n === 'number' && body.n !== 1) throw badRequest('only n = 1 is supported', 'n')
+    const stream = body.stream === true
+    // llama-server runs one completion per element of a prompt array but reports the usage of the
+    // first only: the gateway sends each prompt on its own and bills every one.
+    const prompts = chat ? undefined : promptsOf(body.prompt)
+    if (prompts === undefined && !chat) throw badRequest(`prompt must be a string, an array of token ids, or an array of at most ${MAX_PROMPTS} prompts`, 'prompt')
+    if (prompts !== undefined && prompts.length > 1 && stream) throw badRequest('stream one prompt per request: an array of prompts is served only without stream', 'prompt')
 
-    if (this.upstream === undefined) throw unavailable(`${this.o.modelName} is being re-assembled; try again shortly`)
-    const contracts = await this.contracts()
-    if (contracts.length === 0) throw unavailable(`no active contracts serve ${this.o.modelName} right now`)
+    if (route.upstream === undefined) throw unavailable(`${route.name} is being re-assembled; try again shortly`)
+    const contracts = await this.contracts(route)
+    if (contracts.length === 0) throw unavailable(`no active contracts serve ${route.name} right now`)
     const fee = this.o.networkFeePerMTok ?? 0
-    const promptEstimate = estimatePromptTokens(body)
-    const reservedTokens = promptEstimate + maxTokens
+    const promptEstimate = prompts === undefined
+      ? estimatePromptTokens(body)
+      : prompts.reduce((n: number, p) => n + estimatePromptTokens({ ...body, prompt: p }), 0)
+    const reservedTokens = promptEstimate + (prompts?.length ?? 1) * maxTokens
     const reserve = chargeFor(reservedTokens, contracts, fee).total
-    await this.serially(async () => { await this.hold(key.id, reserve) })
+    await this.holds.serially(async () => { await this.holds.hold(this.o.book, key.id, reserve) })
     let released = false
     try {
-      const stream = body.stream === true
       // llama-server lets its native n_predict override max_tokens, and n_cmpl ask for several
       // completions: both would serve more than was reserved, so the gateway sets them itself.
       const upstreamBody: Record<string, unknown> = { ...body, max_tokens: maxTokens, n_predict: maxTokens }
@@ -188,80 +246,60 @@ export class Gateway {
       delete upstreamBody.n_cmpl
       const clientWantsUsage = (body.stream_options as { include_usage?: boolean } | undefined)?.include_usage === true
       if (stream) upstreamBody.stream_options = { ...(body.stream_options as object | undefined), include_usage: true }
-      const usage = await this.proxy(req, res, path, upstreamBody, stream, clientWantsUsage)
-      if (usage === undefined) return // upstream refused: nothing was served, nothing is billed
-      // Never bill past the reservation (the estimate is an upper bound, this only guards its bugs).
-      const prompt = Math.min(usage.prompt, reservedTokens)
-      const completion = Math.min(usage.completion, reservedTokens - prompt)
-      const recorded = await this.serially(async () => {
-        try {
-          return await this.o.book.recordUsage({
-            keyId: key.id,
-            modelSha256: this.o.modelSha256,
-            promptTokens: prompt,
-            completionTokens: completion,
-            contracts,
-            fee: chargeFor(prompt + completion, contracts, fee).fee
-          })
-        } finally {
-          this.release(key.id, reserve)
-          released = true
-        }
-      })
-      if (this.o.onRecorded !== undefined) this.track(this.o.onRecorded(recorded))
-      this.maybeSpotCheck(path, upstreamBody, contracts)
+      const abort = new AbortController()
+      res.on('close', () => { if (!res.writableFinished) abort.abort() })
+      const outcome = prompts !== undefined && prompts.length > 1
+        ? await this.proxyEach(route, res, path, upstreamBody, prompts, abort)
+        : { served: stream ? await this.proxyStream(route, res, path, upstreamBody, clientWantsUsage, abort, promptEstimate) : await this.proxyOnce(route, res, path, upstreamBody, abort) }
+      const usage = outcome.served
+      if (usage !== undefined) {
+        // Never bill past the reservation (the estimate is an upper bound, this only guards its bugs).
+        const prompt = Math.min(usage.prompt, reservedTokens)
+        const completion = Math.min(usage.completion, reservedTokens - prompt)
+        const recorded = await this.holds.serially(async () => {
+          try {
+            return await this.o.book.recordUsage({
+              keyId: key.id,
+              modelSha256: route.sha256,
+              promptTokens: prompt,
+              completionTokens: completion,
+              contracts,
+              fee: chargeFor(prompt + completion, contracts, fee).fee
+            })
+          } finally {
+            this.holds.release(key.id, reserve)
+            released = true
+          }
+        })
+        if (this.o.onRecorded !== undefined) this.track(this.o.onRecorded(recorded))
+        // A prompt array is checked on its first prompt: replaying all of them would double the work.
+        if (outcome.error === undefined) this.maybeSpotCheck(path, prompts !== undefined && prompts.length > 1 ? { ...upstreamBody, prompt: prompts[0] } : upstreamBody, contracts)
+      }
+      if (outcome.error !== undefined) throw outcome.error
     } finally {
-      if (!released) this.release(key.id, reserve)
+      if (!released) this.holds.release(key.id, reserve)
     }
   }
 
   /**
-   * The pipeline's billable contracts, re-read at most every CONTRACTS_TTL_MS: they change on the
-   * market's time scale, not per request, and the query is one more turn in the database queue.
+   * A route's billable contracts, re-read at most every CONTRACTS_TTL_MS: they change on the market's
+   * time scale, not per request, and the query is one more turn in the database queue.
    */
-  private async contracts (): Promise<ContractRow[]> {
+  private async contracts (route: Route): Promise<ContractRow[]> {
     const now = Date.now()
-    if (this.contractCache === undefined || now - this.contractCache.at > CONTRACTS_TTL_MS) {
-      this.contractCache = { at: now, rows: await billableContracts(this.o.db, this.o.head, this.o.modelSha256, now) }
+    if (route.cache === undefined || now - route.cache.at > CONTRACTS_TTL_MS) {
+      route.cache = { at: now, rows: await billableContracts(this.o.db, this.o.head, route.sha256, now) }
     }
-    const ids = this.contractIds
-    return this.contractCache.rows.filter((c) => c.expiresAt > now && (ids === undefined || ids.has(c.id)))
+    const ids = route.contractIds
+    return route.cache.rows.filter((c) => c.expiresAt > now && (ids === undefined || ids.has(c.id)))
   }
 
-  private async serially<T> (fn: () => Promise<T>): Promise<T> {
-    const run = this.accounting.then(fn)
-    this.accounting = run.catch(() => {})
-    return await run
-  }
-
-  /**
-   * Reserves credit for a request, or refuses it with 402. Runs serially with the record-and-release
-   * at the end of requests: otherwise a request finishing between our read of the owed usage and our
-   * read of the holds would be counted in neither, and two requests could spend the same credit.
-   */
-  private async hold (keyId: string, amount: number): Promise<void> {
-    const { balance, pending } = await this.o.book.funds(keyId)
-    const available = balance - pending - (this.holds.get(keyId) ?? 0)
-    if (available < amount) {
-      throw insufficientCredit(`this request may cost up to ${amount} credits; key ${keyId} has ${Math.max(0, available)} available (balance ${balance}, ${pending} owed for unsettled usage)`)
-    }
-    this.holds.set(keyId, (this.holds.get(keyId) ?? 0) + amount)
-  }
-
-  private release (keyId: string, amount: number): void {
-    const left = (this.holds.get(keyId) ?? 0) - amount
-    if (left > 0) this.holds.set(keyId, left)
-    else this.holds.delete(keyId)
-  }
-
-  /** Forwards the request; returns the tokens served, or undefined when the upstream refused it. */
-  private async proxy (req: IncomingMessage, res: ServerResponse, path: string, body: Record<string, unknown>, stream: boolean, clientWantsUsage: boolean): Promise<{ prompt: number, completion: number } | undefined> {
-    const abort = new AbortController()
-    res.on('close', () => { if (!res.writableFinished) abort.abort() })
-    let upstream: Response
+  /** Sends a request to the route's pipeline; an answer other than 2xx becomes the client's error. */
+  private async forward (route: Route, path: string, body: Record<string, unknown>, abort: AbortController): Promise<Response> {
+    const base = route.upstream
+    if (base === undefined) throw unavailable(`${route.name} is being re-assembled; try again shortly`)
     this.upstreamRequests++
-    const base = this.upstream
-    if (base === undefined) throw unavailable(`${this.o.modelName} is being re-assembled; try again shortly`)
+    let upstream: Response
     try {
       upstream = await fetch(base + path, {
         method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: abort.signal
@@ -269,24 +307,59 @@ export class Gateway {
     } catch (err) {
       // The pipeline failed under this request and the head is rebuilding it: that is a 503 (come back
       // shortly), not a broken gateway.
-      if (this.upstream !== base) throw unavailable(`${this.o.modelName} is being re-assembled (${(err as Error).message}); try again shortly`)
+      if (route.upstream !== base) throw unavailable(`${route.name} is being re-assembled (${(err as Error).message}); try again shortly`)
       throw upstreamFailed(`the pipeline did not answer: ${(err as Error).message}`)
     }
     if (!upstream.ok) {
       const text = await upstream.text()
-      if (upstream.status >= 500 && this.upstream !== base) throw unavailable(`${this.o.modelName} is being re-assembled; try again shortly`)
+      if (upstream.status >= 500 && route.upstream !== base) throw unavailable(`${route.name} is being re-assembled; try again shortly`)
       let parsed: { error?: { message?: string } } | undefined
       try { parsed = JSON.parse(text) } catch { /* not JSON */ }
       throw new ApiError(upstream.status >= 500 ? 502 : upstream.status, `pipeline: ${parsed?.error?.message ?? text.slice(0, 300)}`,
         upstream.status >= 500 ? 'server_error' : 'invalid_request_error', 'upstream_error')
     }
-    if (!stream) {
-      const json = await upstream.json() as { usage?: Usage, model?: string }
-      json.model = this.o.modelName
-      sendJson(res, 200, json)
-      return { prompt: json.usage?.prompt_tokens ?? 0, completion: json.usage?.completion_tokens ?? 0 }
-    }
+    return upstream
+  }
 
+  /** One non-streamed completion: returns the tokens served (an upstream refusal throws: nothing billed). */
+  private async proxyOnce (route: Route, res: ServerResponse, path: string, body: Record<string, unknown>, abort: AbortController): Promise<Served> {
+    const upstream = await this.forward(route, path, body, abort)
+    const json = await upstream.json() as { usage?: Usage, model?: string }
+    json.model = route.name
+    sendJson(res, 200, json)
+    return { prompt: json.usage?.prompt_tokens ?? 0, completion: json.usage?.completion_tokens ?? 0 }
+  }
+
+  /**
+   * An array of prompts, one upstream request each (concurrently: llama-server queues them on its
+   * slots), answered as one completion whose choices follow the prompts' order and whose usage is
+   * their sum. Prompts served before another failed are billed; the client gets the error.
+   */
+  private async proxyEach (route: Route, res: ServerResponse, path: string, body: Record<string, unknown>, prompts: unknown[], abort: AbortController): Promise<{ served?: Served, error?: ApiError }> {
+    const parts = await Promise.allSettled(prompts.map(async (prompt) =>
+      await (await this.forward(route, path, { ...body, prompt }, abort)).json() as { usage?: Usage, choices?: Array<Record<string, unknown>>, model?: string }))
+    let served: Served | undefined
+    let error: ApiError | undefined
+    let first: Record<string, unknown> | undefined
+    const choices: Array<Record<string, unknown>> = []
+    for (const [i, p] of parts.entries()) {
+      if (p.status === 'rejected') {
+        error ??= p.reason instanceof ApiError ? p.reason : upstreamFailed(`prompt ${i}: ${(p.reason as Error).message}`)
+        continue
+      }
+      first ??= p.value
+      served = { prompt: (served?.prompt ?? 0) + (p.value.usage?.prompt_tokens ?? 0), completion: (served?.completion ?? 0) + (p.value.usage?.completion_tokens ?? 0) }
+      for (const c of p.value.choices ?? []) choices.push({ ...c, index: i })
+    }
+    if (error === undefined && first !== undefined && served !== undefined) {
+      sendJson(res, 200, { ...first, model: route.name, choices, usage: { prompt_tokens: served.prompt, completion_tokens: served.completion, total_tokens: served.prompt + served.completion } })
+    }
+    return { served, error }
+  }
+
+  /** A streamed completion, passed through event by event: returns the tokens served. */
+  private async proxyStream (route: Route, res: ServerResponse, path: string, body: Record<string, unknown>, clientWantsUsage: boolean, abort: AbortController, promptEstimate: number): Promise<Served> {
+    const upstream = await this.forward(route, path, body, abort)
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
     res.flushHeaders()
     const splitter = new SseSplitter()
@@ -304,7 +377,7 @@ export class Gateway {
         delete data.usage
       }
       // Re-encoded rather than copied: the pipeline names its model by file path, clients by model id.
-      if (data.model !== undefined) data.model = this.o.modelName
+      if (data.model !== undefined) data.model = route.name
       res.write(`data: ${JSON.stringify(data)}\n\n`)
     }
     try {
@@ -317,8 +390,38 @@ export class Gateway {
       if (!abort.signal.aborted) this.o.log?.warn('pipeline stream broke', { error: (err as Error).message })
     }
     if (!res.writableEnded) res.end()
-    // A client that hung up mid-stream pays for what was generated: one token per content chunk.
-    return { prompt: usage?.prompt_tokens ?? 0, completion: usage?.completion_tokens ?? Math.max(0, chunks - 1) }
+    if (usage?.prompt_tokens !== undefined && usage.completion_tokens !== undefined) return { prompt: usage.prompt_tokens, completion: usage.completion_tokens }
+    // The stream ended before its usage event (the client hung up, or the pipeline broke): the prompt was
+    // processed all the same, so it is billed from the gateway's own count, plus one token per content
+    // chunk streamed (the first chunk carries only the role).
+    // When the pipeline cannot count (it broke), a client that hung up pays the estimate; a client the
+    // pipeline failed pays only what it received.
+    const fallback = abort.signal.aborted ? promptEstimate : 0
+    return { prompt: await this.countPrompt(route, path, body, promptEstimate, fallback), completion: Math.max(0, chunks - 1) }
+  }
+
+  /**
+   * The prompt tokens of a request, counted by the pipeline's own tokenizer (llama-server's
+   * /apply-template and /tokenize), at most the estimate; `fallback` when the pipeline cannot say.
+   */
+  private async countPrompt (route: Route, path: string, body: Record<string, unknown>, estimate: number, fallback: number): Promise<number> {
+    const base = route.upstream
+    try {
+      if (base === undefined) throw new Error('no pipeline')
+      const call = async <T>(endpoint: string, payload: unknown): Promise<T> => {
+        const r = await fetch(base + endpoint, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(payload), signal: AbortSignal.timeout(10_000) })
+        if (!r.ok) throw new Error(`${endpoint}: HTTP ${r.status}`)
+        return await r.json() as T
+      }
+      let content: unknown = body.prompt
+      if (path === '/v1/chat/completions') content = (await call<{ prompt: string }>('/apply-template', body)).prompt
+      if (Array.isArray(content) && content.every((t) => typeof t === 'number')) return Math.min(content.length, estimate)
+      const { tokens } = await call<{ tokens: unknown[] }>('/tokenize', { content, add_special: true })
+      return Math.min(tokens.length, estimate)
+    } catch (err) {
+      this.o.log?.warn('could not count the prompt of an unfinished stream', { model: route.name, billed: fallback, error: (err as Error).message })
+      return fallback
+    }
   }
 
   private maybeSpotCheck (path: string, body: Record<string, unknown>, contracts: ContractRow[]): void {

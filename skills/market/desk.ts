@@ -2,12 +2,13 @@ import { randomBytes } from 'node:crypto'
 import type { PrivateKey } from '@libp2p/interface'
 import {
   AcceptKind, CfpKind, CfpSchema, ContractEndKind, ContractKind, CounterKind, MARKET_KINDS, ProposeKind, RejectKind,
-  contractFromTerms, marketScope, sameContract, signContract, verifyContract, verifyContractSig,
+  contractFromTerms, contractId, marketScope, sameContract, signContract, verifyContract, verifyContractSig,
   type Accept, type Cfp, type ContractEnd, type ContractMsg, type Counter, type Envelope, type MessageKind, type ModelRef,
   type Propose, type Reject, type SignedContract, type Terms
 } from '../../protocols/index.ts'
 import type { GossipBus } from '../../runtime/node/gossip.ts'
 import type { Logger } from '../../runtime/log.ts'
+import { RateLimiter } from '../../runtime/gateway/rate-limit.ts'
 import { NegotiationBook, type Negotiation, type Thread } from './book.ts'
 
 /** What the desk tells the agent about; each event is a reason for the agent to deliberate. */
@@ -31,6 +32,15 @@ export class MarketError extends Error {
 
 const scopeOf = (body: { model: string }): string => marketScope(body.model)
 
+/** Calls for proposals taken from one peer: a burst, then one more every 60/perMinute s. */
+export interface CallLimits { burst: number, perMinute: number }
+export const DEFAULT_CALL_LIMITS: CallLimits = { burst: 5, perMinute: 12 }
+
+/** Whether this agent could win a call at all (its bounds); a reason when not. */
+export type CallScreen = (cfp: Cfp) => Promise<{ ok: true } | { ok: false, reason: string }>
+
+const inRange = (t: { start: number, end: number }, want: { start: number, end: number }): boolean => t.start >= want.start && t.end <= want.end
+
 /**
  * The market as the runtime sees it: signed messages on the model's topic in, state in the book,
  * events to the agent out; and the primitive moves (call, propose, counter, accept, reject, sign) that
@@ -44,6 +54,9 @@ export class MarketDesk {
   private readonly timers = new Map<string, NodeJS.Timeout>()
   private listener: (e: MarketEvent) => void = () => {}
   private stopped = false
+  /** Every call may cost the agent an LLM turn: a peer gets only so many (see onCfp). */
+  private readonly callLimiter = new RateLimiter()
+  private screen: CallScreen | undefined
 
   constructor (
     private readonly bus: GossipBus,
@@ -51,10 +64,16 @@ export class MarketDesk {
     me: string,
     private readonly networkId: string,
     book: NegotiationBook,
-    private readonly log: Logger
+    private readonly log: Logger,
+    private readonly callLimits: CallLimits = DEFAULT_CALL_LIMITS
   ) {
     this.me = me
     this.book = book
+  }
+
+  /** Calls this agent could not win (its bounds say so) are dropped before they cost an LLM turn. */
+  screenCalls (screen: CallScreen): void {
+    this.screen = screen
   }
 
   onEvent (listener: (e: MarketEvent) => void): void {
@@ -139,6 +158,7 @@ export class MarketDesk {
     const n = await this.requireNegotiation(cfpId, 'worker')
     if (n.status !== 'open') throw new MarketError(`the call ${cfpId} is ${n.status}; proposals are closed`)
     if (Date.now() > n.cfp.deadline) throw new MarketError(`the call ${cfpId} stopped taking proposals ${Date.now() - n.cfp.deadline} ms ago`)
+    if (!inRange(terms, n.cfp.want)) throw new MarketError(`layers [${terms.start}, ${terms.end}) are outside the called range [${n.cfp.want.start}, ${n.cfp.want.end})`)
     const existing = await this.book.thread(cfpId, n.head)
     if (existing !== undefined) throw new MarketError(`we already proposed in ${cfpId} (status ${existing.status}); counter instead`)
     await this.book.putThread({ cfpId, peer: n.head, status: 'proposed', terms, termsFrom: this.me, rounds: 0 })
@@ -150,6 +170,7 @@ export class MarketDesk {
     if (thread.termsFrom === this.me) throw new MarketError(`it is ${shortPeer(peer)}'s turn: our last terms in ${cfpId} are still on the table`)
     if (!['proposed', 'countered'].includes(thread.status)) throw new MarketError(`the thread with ${shortPeer(peer)} is ${thread.status}`)
     if (thread.rounds + 1 > n.cfp.maxRounds * 2) throw new MarketError(`no rounds left with ${shortPeer(peer)} (max ${n.cfp.maxRounds} each)`)
+    if (!inRange(terms, n.cfp.want)) throw new MarketError(`layers [${terms.start}, ${terms.end}) are outside the called range [${n.cfp.want.start}, ${n.cfp.want.end})`)
     const round = thread.rounds + 1
     await this.book.putThread({ ...thread, status: 'countered', terms, termsFrom: this.me, rounds: round })
     await this.send(CounterKind, { cfpId, model: n.model, to: peer, round, terms, text })
@@ -210,7 +231,14 @@ export class MarketDesk {
     const cfp = env.body
     if (cfp.deadline < Date.now()) return
     if (cfp.want.end > cfp.modelRef.nLayer) return this.log.warn('ignoring a call for layers the model does not have', { cfpId: cfp.cfpId })
+    // Each call the agent hears may cost an LLM turn: a peer flooding calls is cut off here, before
+    // anything is stored or deliberated.
+    if (this.callLimiter.take(env.from, this.callLimits.perMinute, this.callLimits.burst) > 0) {
+      return this.log.warn('call for proposals over the per-peer limit ignored', { cfpId: cfp.cfpId, from: env.from })
+    }
     if (await this.book.negotiation(cfp.cfpId) !== undefined) return
+    const verdict = await this.screen?.(cfp)
+    if (verdict !== undefined && !verdict.ok) return this.log.info('call we could not win ignored', { cfpId: cfp.cfpId, reason: verdict.reason })
     await this.book.openNegotiation({ cfpId: cfp.cfpId, role: 'worker', model: cfp.model, head: env.from, cfp, status: 'open' })
     this.listener({ type: 'cfp', cfpId: cfp.cfpId, peer: env.from })
   }
@@ -223,6 +251,7 @@ export class MarketDesk {
     if (n?.role !== 'head' || n.status !== 'open') return
     if (env.ts > n.cfp.deadline + 1000) return this.log.info('late proposal ignored', { cfpId: p.cfpId, from: env.from })
     if (await this.book.thread(p.cfpId, env.from) !== undefined) return
+    if (!inRange(p.terms, n.cfp.want)) return this.log.warn('proposal outside the called range ignored', { cfpId: p.cfpId, from: env.from })
     await this.book.putThread({ cfpId: p.cfpId, peer: env.from, status: 'proposed', terms: p.terms, termsFrom: env.from, rounds: 0 })
   }
 
@@ -234,6 +263,7 @@ export class MarketDesk {
     if (n === undefined || thread === undefined || n.status === 'closed') return
     if (thread.termsFrom !== this.me || !['proposed', 'countered'].includes(thread.status)) return this.log.warn('counter out of turn ignored', { cfpId: c.cfpId })
     if (c.round !== thread.rounds + 1 || c.round > n.cfp.maxRounds * 2) return this.log.warn('counter with a wrong round ignored', { cfpId: c.cfpId, round: c.round })
+    if (!inRange(c.terms, n.cfp.want)) return this.log.warn('counter outside the called range ignored', { cfpId: c.cfpId, from: env.from })
     await this.book.putThread({ ...thread, status: 'countered', terms: c.terms, termsFrom: env.from, rounds: c.round })
     this.listener({ type: 'counter', cfpId: c.cfpId, peer: env.from })
   }
@@ -269,6 +299,19 @@ export class MarketDesk {
     const acc = thread?.acceptance
     if (thread === undefined || acc === undefined || acc.by !== this.me) return this.log.warn('contract for terms we never accepted ignored', { cfpId: m.cfpId })
     if (!sameContract(acc.contract, m.contract.doc)) return this.log.warn('contract differing from what we signed ignored', { cfpId: m.cfpId })
+    // Binding only while our acceptance stands: one that lapsed, was declined or whose negotiation closed
+    // was already let go of (its memory and deal slot freed), and a late countersignature must not
+    // revive it past the owner's bounds. A contract-end notice tells the head, which ends its copy too:
+    // such a contract is active nowhere.
+    const n = await this.book.negotiation(m.cfpId)
+    if (thread.status !== 'accepted' || n === undefined || n.status === 'closed') {
+      const why = `our acceptance had ${thread.status === 'accepted' ? 'closed' : thread.status} before your countersignature arrived`
+      this.log.warn('countersignature after our acceptance ended ignored', { cfpId: m.cfpId, thread: thread.status, negotiation: n?.status })
+      if (thread.status !== 'contracted') {
+        await this.send(ContractEndKind, { cfpId: m.cfpId, model: m.model, to: env.from, contractId: contractId(m.contract.doc), status: 'ended', reason: why, text: `No contract: ${why}.` })
+      }
+      return
+    }
     const check = await verifyContract(m.contract)
     if (!check.ok) return this.log.warn('contract with bad signatures ignored', { cfpId: m.cfpId, reason: check.reason })
     const id = await this.book.saveContract(m.contract)

@@ -73,6 +73,21 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
     }
   }
 
+  /**
+   * One commitment at a time for this agent. LangGraph runs the tool calls of one reply concurrently:
+   * two accepts checked against the same commitments would each fit the budget (or the memory, or the
+   * deal limit), and together break it. Holding the lock from the guard's check until the desk has
+   * recorded the move makes every check see every commitment before it. Only the moves that commit
+   * (accept, sign_contract) take it: calls, proposals and counters commit nothing, and whatever they
+   * lead to is checked again when it is accepted or signed.
+   */
+  let moving: Promise<unknown> = Promise.resolve()
+  const oneAtATime = async <T>(move: () => Promise<T>): Promise<T> => {
+    const turn = moving.then(move)
+    moving = turn.catch(() => {})
+    return await turn
+  }
+
   const negotiationOf = async (thread: string): Promise<Negotiation> => {
     if (!thread.startsWith('cfp:')) throw new MarketError('this tool works inside a negotiation thread only')
     const n = await o.desk.book.negotiation(thread.slice(4))
@@ -138,7 +153,7 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
     schema: z.object({ peer: PEER, start: LAYER, end: LAYER, price: PRICE, text: TEXT })
   })
 
-  const accept = tool(async (args, config) => await run('accept', args, config, async (thread) => {
+  const accept = tool(async (args, config) => await run('accept', args, config, async (thread) => await oneAtATime(async () => {
     const n = await negotiationOf(thread)
     const peer = await counterpart(n, args.peer)
     const current = await o.desk.book.thread(n.cfpId, peer)
@@ -147,7 +162,7 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
     if (!verdict.ok) return verdict
     const t = await o.desk.accept(n.cfpId, peer, args.text)
     return `Accepted ${o.nameOf(peer)}'s terms: layers [${t.start}, ${t.end}) at ${t.price} (cost ${dealCost(t)} per million tokens); signed our side of the contract.`
-  }), {
+  })), {
     name: 'accept',
     description: 'Accept the terms the other side has on the table, exactly as they stand (their binding terms, not what their text says), and sign the contract they imply.',
     schema: z.object({ peer: PEER, text: TEXT })
@@ -164,7 +179,7 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
     schema: z.object({ peer: PEER, reason: z.string().max(300), text: TEXT })
   })
 
-  const sign = tool(async (args, config) => await run('sign_contract', args, config, async (thread) => {
+  const sign = tool(async (args, config) => await run('sign_contract', args, config, async (thread) => await oneAtATime(async () => {
     const n = await negotiationOf(thread)
     const peer = await counterpart(n, args.peer)
     const current = await o.desk.book.thread(n.cfpId, peer)
@@ -176,7 +191,7 @@ export function marketTools (o: MarketToolsOptions): StructuredToolInterface[] {
     if (!verdict.ok) return verdict
     const { id, signed } = await o.desk.signContract(n.cfpId, peer, args.text)
     return `Contract ${id} signed with ${o.nameOf(peer)}: layers [${signed.doc.start}, ${signed.doc.end}) at ${signed.doc.price}.`
-  }), {
+  })), {
     name: 'sign_contract',
     description: 'Countersign the contract the other side accepted and signed; it then binds both.',
     schema: z.object({ peer: PEER, text: TEXT })

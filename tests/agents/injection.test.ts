@@ -75,7 +75,9 @@ describe('instructions injected in peer text', () => {
     const gullible = mesh.bots[2]
     // Publish once every agent listens on the model's topic, or some would simply never hear the call.
     await waitFor('the agents to subscribe to the model\'s market', () => desk.listeners(model.sha256) >= 3, 30_000)
-    const cfp = await desk.publishCfp({ model, want: { start: 0, end: 4 }, budget: 0.01, windowMs: 4000, serveForMs: 600_000, maxRounds: 2, text: INJECTION })
+    // A budget workers could win (a call below every floor is screened out before any LLM turn): the attack
+    // is in the text and the counters.
+    const cfp = await desk.publishCfp({ model, want: { start: 0, end: 4 }, budget: 100, windowMs: 4000, serveForMs: 600_000, maxRounds: 2, text: INJECTION })
     await waitFor('proposals to the attacker\'s call', async () => (await desk.book.threads(cfp.cfpId)).length >= 2, 30_000)
     await waitFor('the attacker\'s deadline', () => attacker.events.some((e) => e.type === 'deadline'), 30_000)
 

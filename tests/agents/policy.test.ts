@@ -53,6 +53,20 @@ describe('owner policy', () => {
     expect(await policy.check({ type: 'propose', cfp: cfp('w-call-2'), terms: terms(0, 2, 3) })).toEqual({ ok: true })
   })
 
+  it('screens calls the worker could not win before they reach its LLM: budget, memory, hours', async () => {
+    // Holding one deal of 3 layers of 10 MiB: 20 MiB left to lend.
+    expect(await policy.screenCall(cfp('s-call-1'))).toEqual({ ok: true })
+    expect(await policy.screenCall(cfp('s-call-2', { budget: 1 }))).toMatchObject({ ok: false, reason: expect.stringMatching(/below our floor/) })
+    expect(await policy.screenCall(cfp('s-call-3', { modelRef: { sha256: 'c'.repeat(64), name: 'm', nLayer: 12, layerBytes: 21 * MB } }))).toMatchObject({ ok: false, reason: expect.stringMatching(/may be lent/) })
+    const saved = bounds
+    const now = new Date()
+    const later = `${String((now.getHours() + 2) % 24).padStart(2, '0')}:00`
+    const after = `${String((now.getHours() + 3) % 24).padStart(2, '0')}:00`
+    bounds = { ...saved, hours: { from: later, to: after } }
+    expect(await policy.screenCall(cfp('s-call-4'))).toMatchObject({ ok: false, reason: expect.stringMatching(/only between/) })
+    bounds = saved
+  })
+
   it('holds at most maxDeals deals', async () => {
     await book.openNegotiation({ cfpId: 'w-held-2', role: 'worker', model: 'c'.repeat(64), head: HEAD, cfp: cfp('w-held-2'), status: 'open' })
     await book.putThread({ cfpId: 'w-held-2', peer: HEAD, status: 'contracted', terms: terms(3, 4, 3), termsFrom: ME, rounds: 0 })

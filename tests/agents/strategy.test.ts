@@ -38,3 +38,35 @@ describe('the offline negotiator, answering an acceptance', () => {
     expect(moves[0]).toMatchObject({ tool: 'reject', args: { reason: expect.stringMatching(/limit/) } })
   })
 })
+
+describe('the offline negotiator, answering a counter', () => {
+  const PEER = '12D3KooWPeerPeerPeerPeerPeerPeerPeerPeerPeerPeerPeer'
+  function countered (role: 'head' | 'worker', terms: { start: number, end: number, price: number }): Observation {
+    return {
+      event: { type: 'counter', cfpId: 'cfp-00000002', peer: role === 'worker' ? HEAD : PEER },
+      me: { name: 'me', peerId: 'me' },
+      role,
+      bounds: { floor: 1, ceiling: 50, budget: 1000, maxDeals: 4, lendableBytes: 100 * LAYER, idleOnly: false },
+      committedBytes: 0,
+      deals: 0,
+      cfp: { cfpId: 'cfp-00000002', model: 'a'.repeat(64), modelRef: { sha256: 'a'.repeat(64), name: 'm', nLayer: 12, layerBytes: LAYER }, want: { start: 4, end: 8 }, budget: 400, deadline: 0, serveUntil: 0, maxRounds: 2 },
+      threads: [{ peer: role === 'worker' ? HEAD : PEER, name: 'x', status: 'countered', terms: { ...terms, expiresAt: Date.now() + 60_000 }, from: 'them', rounds: 1, said: '' }],
+      heldRanges: [],
+      spent: 0,
+      callBudgetLeft: 400,
+      now: Date.now()
+    }
+  }
+
+  it('never accepts, as a worker, a counter for layers outside the call', () => {
+    expect(decide(countered('worker', { start: 4, end: 8, price: 20 })).moves[0].tool).toBe('accept')
+    const { moves } = decide(countered('worker', { start: 0, end: 8, price: 20 }))
+    expect(moves).toEqual([expect.objectContaining({ tool: 'reject', args: expect.objectContaining({ reason: expect.stringMatching(/outside the called range/) }) })])
+  })
+
+  it('never accepts, as a head, a counter for layers outside its call', () => {
+    expect(decide(countered('head', { start: 4, end: 8, price: 20 })).moves[0].tool).toBe('accept')
+    const { moves } = decide(countered('head', { start: 6, end: 10, price: 20 }))
+    expect(moves).toEqual([expect.objectContaining({ tool: 'reject', args: expect.objectContaining({ peer: PEER, reason: expect.stringMatching(/outside the called range/) }) })])
+  })
+})

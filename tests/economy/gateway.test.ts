@@ -112,8 +112,11 @@ describe('gateway: the official openai client', () => {
     await reader.read()
     abort.abort()
     await gateway.drain()
-    const usage = await head.store.db.get<{ completion_tokens: number }>('SELECT completion_tokens FROM usage WHERE key_id = ?', [key.id])
+    const usage = await head.store.db.get<{ completion_tokens: number, prompt_tokens: number }>('SELECT completion_tokens, prompt_tokens FROM usage WHERE key_id = ?', [key.id])
     expect(usage?.completion_tokens).toBeLessThan(1500)
+    // Its prompt is billed all the same, counted by the pipeline's tokenizer: what a finished request reports.
+    const whole = await client.chat.completions.create({ model: MODEL_NAME, messages: [{ role: 'user', content: 'Go on forever' }], max_tokens: 1 })
+    expect(usage?.prompt_tokens).toBe(whole.usage?.prompt_tokens)
   })
 
   it('serves legacy completions', async (ctx) => {
@@ -121,6 +124,15 @@ describe('gateway: the official openai client', () => {
     const r = await client.completions.create({ model: MODEL_NAME, prompt: 'The capital of France is', max_tokens: 6, ...greedy })
     expect(r.choices[0].text.length).toBeGreaterThan(0)
     expect(r.usage?.completion_tokens).toBe(6)
+    // A prompt array runs one completion per prompt on llama-server: every one is billed.
+    const { key, secret: s } = await createKey(mesh.nodes[0].store.db, { credits: 1_000_000 })
+    const c = new OpenAI({ apiKey: s, baseURL: `${gateway.url}/v1`, maxRetries: 0 })
+    const many = await c.completions.create({ model: MODEL_NAME, prompt: ['The sea', 'Once upon a time there was', 'Hello'], max_tokens: 5, ...greedy })
+    expect(many.choices.map((ch) => ch.index)).toEqual([0, 1, 2])
+    expect(many.usage?.completion_tokens).toBe(15)
+    await gateway.drain()
+    const billed = await mesh.nodes[0].store.db.get<{ p: number, c: number }>('SELECT SUM(prompt_tokens) AS p, SUM(completion_tokens) AS c FROM usage WHERE key_id = ?', [key.id])
+    expect(billed).toEqual({ p: many.usage?.prompt_tokens, c: 15 })
   })
 
   it('answers errors in OpenAI format: 401, 400, 404, 402 before any work, 429', async (ctx) => {
