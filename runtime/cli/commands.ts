@@ -7,6 +7,7 @@ import { loadOrCreateIdentity } from '../node/identity.ts'
 import { isAlive, readLiveStatus, type NodeStatus } from '../node/status-file.ts'
 import { recordSingleUseInvite } from '../node/invites.ts'
 import { Store, type PeerRow } from '../store/store.ts'
+import { moneySummary, type MoneySummary } from '../ledger/summary.ts'
 import { initHome, startCommand, type InitOptions } from './home.ts'
 import { ago, bytes, printJson, table } from './format.ts'
 
@@ -43,6 +44,13 @@ export interface StatusReport {
   live?: NodeStatus
   knownPeers: number
   messagesStored: number
+  /** The agent's credits: balance, earnings as a worker, what its paid API sold (from its ledger; also when not running). */
+  money: MoneySummary
+  /** Shortcuts into money: the figures an owner asks for first. */
+  balance: number
+  earned: number
+  /** Tokens served per model sha256, all time (money.tokensServed). */
+  tokensServed: Record<string, number>
 }
 
 export async function cmdStatus (home: string, opts: Out): Promise<void> {
@@ -53,16 +61,22 @@ export async function cmdStatus (home: string, opts: Out): Promise<void> {
   const store = await Store.open(join(home, DATABASE_FILE))
   let report: StatusReport
   try {
+    const peerId = (await import('@libp2p/peer-id')).peerIdFromPrivateKey(key).toString()
+    const money = await moneySummary(store.db, peerId)
     report = {
       running: live !== undefined,
       home,
       name: config.name,
-      peerId: (await import('@libp2p/peer-id')).peerIdFromPrivateKey(key).toString(),
+      peerId,
       networkId: config.networkId,
       privateMesh: config.meshKey !== undefined,
       ...(live !== undefined ? { live } : {}),
       knownPeers: (await store.listPeers()).length,
-      messagesStored: await store.countMessages()
+      messagesStored: await store.countMessages(),
+      money,
+      balance: money.balance,
+      earned: money.earned,
+      tokensServed: money.tokensServed
     }
   } finally {
     await store.close()
@@ -80,6 +94,10 @@ export async function cmdStatus (home: string, opts: Out): Promise<void> {
     console.log(`  gossip      ${Object.values(live.gossip.accepted).reduce((a, b) => a + b, 0)} accepted, ${rejected.reduce((a, [, n]) => a + n, 0)} rejected${rejected.length > 0 ? ' (' + rejected.map(([r, n]) => `${r} ${n}`).join(', ') + ')' : ''}`)
   }
   console.log(`  known peers ${report.knownPeers}, messages stored ${report.messagesStored}`)
+  const m = report.money
+  console.log(`  credits     ${m.balance} held; ${m.earned} earned as a worker (${m.receipts.settled} settled receipts)${m.pendingEarnings > 0 ? `, ${m.pendingEarnings} pending in ${m.receipts.pending} receipts` : ''}`)
+  for (const [model, n] of Object.entries(m.tokensServed)) console.log(`  served      ${n} tokens of model ${model.slice(0, 12)}${live?.serving?.perSecond[model] !== undefined ? `, ${live.serving.perSecond[model].toFixed(1)} tokens/s now` : ''}`)
+  if (m.gateway !== null) console.log(`  paid API    ${m.gateway.keys} keys, ${m.gateway.requests} requests, ${m.gateway.promptTokens + m.gateway.completionTokens} tokens, ${m.gateway.charged} credits charged, ${m.gateway.userBalances} left on keys`)
 }
 
 export interface PeerReport {

@@ -37,6 +37,8 @@ export interface GatewayOptions {
   /** Called once a served request is recorded: ask its workers to sign (ReceiptService.propose). */
   onRecorded?: (rec: RecordedUsage) => Promise<void>
   spotChecker?: SpotChecker
+  /** Where the tokens of each billed request are counted (the node's ServingMeter: board, /metrics). */
+  serving?: { record: (model: string, tokens: number) => void }
   log?: Logger
 }
 
@@ -208,6 +210,7 @@ export class Gateway {
           released = true
         }
       })
+      this.o.serving?.record(this.o.modelSha256, prompt + completion)
       if (this.o.onRecorded !== undefined) this.track(this.o.onRecorded(recorded))
       this.maybeSpotCheck(path, upstreamBody, contracts)
     } finally {

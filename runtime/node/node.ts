@@ -205,7 +205,8 @@ export class MeshNode {
       connections: (host?.getConnections() ?? []).map((c) => ({ peerId: c.remotePeer.toString(), addr: c.remoteAddr.toString(), direction: c.direction })),
       presentPeers: this.presence?.peers().length ?? 0,
       gossip: this.bus?.getStats() ?? { accepted: {}, published: {}, rejected: {} as NodeStatus['gossip']['rejected'] },
-      state: this.state
+      state: this.state,
+      serving: { tokens: Object.fromEntries(this.serving.total()), perSecond: Object.fromEntries(this.serving.rates()) }
     }
   }
 

@@ -20,6 +20,8 @@ export interface NodeStatus {
   presentPeers: number
   gossip: GossipStats
   state: string
+  /** Tokens served since this process started, per model sha256 (the node's ServingMeter), and the rate over the last minute. */
+  serving?: { tokens: Record<string, number>, perSecond: Record<string, number> }
 }
 
 export const STATUS_FILE = 'status.json'
