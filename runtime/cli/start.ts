@@ -95,8 +95,9 @@ function printOffer (presence: Presence, config: MeshNode['config']): void {
 }
 
 /**
- * Sets the agent up from an invite and starts it. A single-use invite is redeemed with the inviting
- * node first; if it refuses, everything this join wrote is undone and the reason is shown.
+ * Sets the agent up from an invite and starts it (or, with start false, only configures it and prints
+ * how to start it). A single-use invite is redeemed with the inviting node first; if it refuses,
+ * everything this join wrote is undone and the reason is shown.
  */
 export async function cmdJoin (home: string, line: string, opts: Out & { start: boolean, name?: string, port?: number, listen?: string[] }, extensions: CliExtension[] = []): Promise<Invite> {
   const invite = await parseInvite(line)
