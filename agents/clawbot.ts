@@ -9,7 +9,9 @@ import type { Logger } from '../runtime/log.ts'
 import { NegotiationBook } from '../skills/market/book.ts'
 import { MarketDesk, type MarketEvent } from '../skills/market/desk.ts'
 import { marketTools, threadFor } from '../skills/market/tools.ts'
-import type { Pipeline, PipelineRunner } from '../skills/assembly/pipeline.ts'
+import { PipelineStartError, type Pipeline, type PipelineFault, type PipelineRunner } from '../skills/assembly/pipeline.ts'
+import { queryContracts } from '../runtime/node/contract-query.ts'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { buildAgentGraph, type AgentGraph } from './graph.ts'
 import { startLifecycle, stateOf, type LifecycleActor, type LifecycleState } from './lifecycle.ts'
 import { migrateAgentTables } from './migrations.ts'
@@ -69,6 +71,10 @@ interface Goal {
  */
 const PIPELINE_RETRY_MS = 2000
 const PIPELINE_RETRY_MAX_MS = 60_000
+/** Contract states are compared with each counterpart this often (and whenever it connects). */
+const RECONCILE_EVERY_MS = 30_000
+/** A counterpart with no record of a contract this old has lost it (a contract just signed may still be on its way). */
+const UNKNOWN_AFTER_MS = 120_000
 
 /**
  * One ClawBot: a MeshNode's agent. Market events become turns of its LangGraph graph (one thread per
@@ -96,6 +102,11 @@ export class ClawBot {
   private readonly contractListeners = new Set<(c: SignedContract, role: 'head' | 'worker') => void>()
   private readonly brokenListeners = new Set<(model: ModelRef, why: string) => void>()
   private readonly log: Logger
+  /** Departures are judged from here at the earliest: a restarted agent first waits to hear its peers. */
+  private readonly startedAt = Date.now()
+  private readonly reconciledAt = new Map<string, number>()
+  private readonly reconciling = new Set<string>()
+  private onPeerConnect: ((evt: CustomEvent<{ toString: () => string }>) => void) | undefined
   graph!: AgentGraph
   brain!: Brain
   private checkpointer!: SqliteSaver
@@ -160,6 +171,10 @@ export class ClawBot {
       this.node.presence?.onPresence((p) => { for (const m of p.presence.models) this.desk.watchModel(m.sha256) })
       for (const goal of await this.records.goals()) this.adoptGoal(goal)
       await this.desk.resume()
+      // Contracts have one state on both sides: compare notes with every counterpart we meet.
+      this.onPeerConnect = (evt) => { void this.reconcileWith(evt.detail.toString()) }
+      this.node.host?.addEventListener('peer:connect', this.onPeerConnect as unknown as EventListener)
+      for (const c of this.node.host?.getConnections() ?? []) void this.reconcileWith(c.remotePeer.toString())
       await this.syncLifecycle()
       this.lifecycle.send({ type: 'JOINED' })
       this.ticker = setInterval(() => { this.ticked = this.tick() }, 250)
@@ -247,6 +262,7 @@ export class ClawBot {
   private async shutdown (): Promise<void> {
     this.stopping = true
     clearInterval(this.ticker)
+    if (this.onPeerConnect !== undefined) this.node.host?.removeEventListener('peer:connect', this.onPeerConnect as unknown as EventListener)
     this.desk.stop()
     await this.ticked
     await this.idle().catch(() => {})
@@ -271,6 +287,10 @@ export class ClawBot {
         break
       case 'contracted':
         this.enqueueWork(async () => { await this.afterContract(e.cfpId, e.peer) })
+        break
+      case 'ended':
+        this.log.info('the other party ended a contract', { peer: this.perception.nameOf(e.peer), contract: e.contractId, reason: e.reason })
+        this.enqueueWork(async () => { await this.afterContractEnded() })
         break
     }
   }
@@ -320,6 +340,45 @@ export class ClawBot {
     if (n?.role === 'head') await this.reviewGoal(n.model)
   }
 
+  /** A contract ended under us (notice or reconciliation): the lifecycle follows, a head re-plans at once. */
+  private async afterContractEnded (): Promise<void> {
+    await this.syncLifecycle()
+    for (const sha of this.goals.keys()) await this.reviewGoal(sha)
+  }
+
+  /**
+   * Compares our active contracts with one counterpart and ends here what has ended there: a notice
+   * sent while we were down (or while it was) is never heard, so the parties compare notes whenever
+   * they meet, and every RECONCILE_EVERY_MS while connected.
+   */
+  private async reconcileWith (peer: string): Promise<void> {
+    const host = this.node.host
+    if (host === undefined || this.stopping || this.reconciling.has(peer)) return
+    this.reconciling.add(peer)
+    this.reconciledAt.set(peer, Date.now())
+    try {
+      const me = this.perception.me
+      const mine = (await this.book.contracts({ status: 'active' })).filter((c) =>
+        (c.signed.doc.head === me && c.signed.doc.worker === peer) || (c.signed.doc.worker === me && c.signed.doc.head === peer))
+      if (mine.length === 0) return
+      const states = await queryContracts(host, peerIdFromString(peer), this.node.config.networkId, mine.map((c) => c.id))
+      let ended = 0
+      for (const c of mine) {
+        const there = states[c.id]
+        const gone = there === 'broken' || there === 'ended' || (there === 'unknown' && Date.now() - c.createdAt > UNKNOWN_AFTER_MS)
+        if (!gone || this.stopping) continue
+        if (await this.book.endContract(c.id, there === 'broken' ? 'broken' : 'ended') === undefined) continue
+        ended++
+        this.log.info('contract ended by reconciliation', { peer: this.perception.nameOf(peer), layers: `${c.signed.doc.start}-${c.signed.doc.end}`, there })
+      }
+      if (ended > 0) this.enqueueWork(async () => { await this.afterContractEnded() })
+    } catch (err) {
+      this.log.debug('could not reconcile contracts', { peer, error: (err as Error).message })
+    } finally {
+      this.reconciling.delete(peer)
+    }
+  }
+
   /** Keeps the lifecycle's context in step with the book (which is the truth after any restart). */
   private async syncLifecycle (): Promise<void> {
     const open = new Set((await this.book.negotiations({ status: ['open', 'choosing'] })).map((n) => n.cfpId))
@@ -346,6 +405,11 @@ export class ClawBot {
       await this.endLapsed()
       await this.detectDepartures()
       for (const sha of this.goals.keys()) await this.reviewGoal(sha)
+      const now = Date.now()
+      for (const c of this.node.host?.getConnections() ?? []) {
+        const peer = c.remotePeer.toString()
+        if (now - (this.reconciledAt.get(peer) ?? 0) >= RECONCILE_EVERY_MS) void this.reconcileWith(peer)
+      }
     } catch (err) {
       this.log.warn('housekeeping failed', { error: (err as Error).message })
     } finally {
@@ -375,22 +439,30 @@ export class ClawBot {
     goal.calls = 0
     goal.pipelineFailures = 0
     goal.retryAt = 0
+    this.node.pipelines.set(goal.model.sha256, 'rebuilding', why.slice(0, 300))
     for (const l of this.brokenListeners) l(goal.model, why)
   }
 
-  /** A worker silent for departAfterMs has left: its contracts break (and the head buys the range again). */
+  /**
+   * The other party silent for departAfterMs has left: the contract breaks on our side, the other is
+   * told (and a head buys the range again). Silence is counted from the contract's signing or from
+   * this agent's start, whichever is later: a restarted agent waits to hear its peers before it judges.
+   */
   private async detectDepartures (): Promise<void> {
     const me = this.perception.me
     const silentAfter = this.opts.departAfterMs ?? 3 * this.node.config.presenceIntervalMs
     const now = Date.now()
     const heard = new Map((this.node.presence?.peers() ?? []).map((p) => [p.peerId, p.receivedAt]))
-    for (const c of await this.book.contracts({ head: me, status: 'active' })) {
-      const last = heard.get(c.signed.doc.worker)
-      if (last !== undefined && now - last < silentAfter) continue
-      if (last === undefined && now - c.createdAt < silentAfter) continue
-      this.log.info('worker left; its contract is broken', { worker: this.perception.nameOf(c.signed.doc.worker), layers: `${c.signed.doc.start}-${c.signed.doc.end}` })
+    for (const c of await this.book.contracts({ status: 'active' })) {
+      const { head, worker } = c.signed.doc
+      if (head !== me && worker !== me) continue
+      const other = head === me ? worker : head
+      const last = heard.get(other) ?? Math.max(c.createdAt, this.startedAt)
+      if (now - last < silentAfter) continue
+      const role = head === me ? 'worker' : 'head'
+      this.log.info(`${role} left; its contract is broken`, { [role]: this.perception.nameOf(other), layers: `${c.signed.doc.start}-${c.signed.doc.end}` })
       // The pipeline, when this contract is one of its own, is torn down by reviewGoal right after.
-      await this.book.setContractStatus(c.id, 'broken')
+      await this.desk.endContract(c.id, 'broken', `${role} not heard from for ${Math.round((now - last) / 1000)} s`)
     }
     await this.syncLifecycle()
   }
@@ -439,11 +511,38 @@ export class ClawBot {
     this.enqueue({ type: 'assemble', model: sha, missing })
   }
 
+  /**
+   * A running pipeline failed (a worker died, hung or left): the paid API answers 503 at once, and the
+   * next housekeeping round rebuilds, on the same contracts when their workers still answer, else
+   * without the contract at fault (its range is bought again).
+   */
+  private onPipelineFailed (goal: Goal, assembly: Assembly, fault: PipelineFault): void {
+    if (this.stopping || goal.assembled !== assembly || assembly.pipeline === undefined) return
+    const why = describeFault(fault)
+    assembly.pipeline = undefined
+    assembly.pipelineError = `pipeline failed: ${why}`
+    goal.retryAt = 0
+    this.node.pipelines.set(goal.model.sha256, 'rebuilding', why.slice(0, 300))
+    this.log.warn('pipeline failed; rebuilding', { model: goal.model.name, fault: fault.kind, reason: why })
+    void this.node.activity.record('pipeline', `pipeline of ${goal.model.name} failed, rebuilding: ${why}`, { model: goal.model.sha256, kind: fault.kind }).catch(() => {})
+    for (const l of this.brokenListeners) l(goal.model, why)
+    if (fault.kind !== 'other') void this.dropFaultyContract(fault)
+  }
+
+  /** Ends the contract a fault names when it cannot serve again; true when it did. */
+  private async dropFaultyContract (fault: PipelineFault): Promise<boolean> {
+    if (fault.kind === 'other' || fault.contractId === undefined) return false
+    const ended = await this.desk.endContract(fault.contractId, 'broken', fault.kind === 'gone' ? `worker unreachable: ${fault.reason}` : `worker refused the contract: ${fault.reason}`)
+    if (ended) this.log.info('contract broken after a pipeline fault', { contract: fault.contractId, kind: fault.kind })
+    return ended
+  }
+
   private async startPipeline (goal: Goal, contracts: SignedContract[]): Promise<void> {
     goal.starting = true
     const sorted = [...contracts].sort((a, b) => a.doc.start - b.doc.start)
     const assembly: Assembly = { model: goal.model, contracts: sorted }
     const previous = goal.assembled
+    if (previous?.pipeline === undefined) this.node.pipelines.set(goal.model.sha256, 'starting')
     try {
       if (this.opts.runner !== undefined) assembly.pipeline = await this.opts.runner.run(sorted, goal.model)
       else {
@@ -452,10 +551,17 @@ export class ClawBot {
       }
     } catch (err) {
       assembly.pipelineError = (err as Error).message
-      goal.pipelineFailures++
-      const wait = Math.min(PIPELINE_RETRY_MAX_MS, PIPELINE_RETRY_MS * 2 ** (goal.pipelineFailures - 1))
-      goal.retryAt = Date.now() + wait
-      this.log.warn('pipeline did not start', { model: goal.model.name, attempt: goal.pipelineFailures, retryS: wait / 1000, error: assembly.pipelineError })
+      const fault = err instanceof PipelineStartError ? err.fault : undefined
+      if (fault !== undefined && await this.dropFaultyContract(fault)) {
+        // That contract cannot serve again: re-plan now (the range is bought again) instead of backing off.
+        goal.retryAt = 0
+      } else {
+        goal.pipelineFailures++
+        const wait = Math.min(PIPELINE_RETRY_MAX_MS, PIPELINE_RETRY_MS * 2 ** (goal.pipelineFailures - 1))
+        goal.retryAt = Date.now() + wait
+        this.log.warn('pipeline did not start', { model: goal.model.name, attempt: goal.pipelineFailures, retryS: wait / 1000, error: assembly.pipelineError })
+      }
+      if (previous?.pipeline === undefined) this.node.pipelines.set(goal.model.sha256, 'rebuilding', assembly.pipelineError.slice(0, 300))
     } finally {
       goal.starting = false
     }
@@ -466,12 +572,19 @@ export class ClawBot {
     goal.assembled = assembly
     if (assembly.pipeline !== undefined) {
       goal.pipelineFailures = 0
+      this.node.pipelines.set(goal.model.sha256, 'running')
+      assembly.pipeline.onFailure?.((fault) => { this.onPipelineFailed(goal, assembly, fault) })
       if (previous?.pipeline !== undefined) await previous.pipeline.stop().catch(() => {})
     }
     this.log.info('model assembled', { model: goal.model.name, contracts: sorted.length, pipeline: assembly.pipeline !== undefined, renewed: previous?.pipeline !== undefined })
     for (const l of this.assembledListeners) l(assembly)
   }
 
+}
+
+/** How a fault reads in logs and on the board. */
+function describeFault (f: PipelineFault): string {
+  return f.worker !== undefined ? `worker ${f.worker.slice(-8)} failed: ${f.reason}` : f.reason
 }
 
 function sameContracts (a: readonly SignedContract[], b: readonly SignedContract[]): boolean {

@@ -74,13 +74,16 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
   // which an agent that never sells has no reason to pay for. (The head retries a pipeline that
   // raced a worker's start.)
   let serving: Promise<(() => Promise<void>) | undefined> | undefined
-  bot.onContract((_c, role) => {
-    if (role !== 'worker' || engine.serve === undefined || serving !== undefined) return
+  const serve = (): void => {
+    if (engine.serve === undefined || serving !== undefined) return
     serving = engine.serve().catch((err: unknown) => {
       node.log.warn('cannot serve layer slices', { error: (err as Error).message })
       return undefined
     })
-  })
+  }
+  bot.onContract((_c, role) => { if (role === 'worker') serve() })
+  // A worker restarted with contracts still in force serves them at once: its heads are rebuilding on them.
+  if ((await bot.book.contracts({ worker: node.peerId.toString(), status: 'active' })).length > 0) serve()
   console.log(`ClawBot ${bot.name} is ${bot.state} (brain: ${bot.brain.label}${bot.resumedFrom !== undefined ? `, resumed from ${bot.resumedFrom}` : ''})`)
   if (!engine.real) node.log.info('pipelines are pending the engine: contracts will be negotiated, not run')
   const target = bot.settings.assemble
@@ -100,7 +103,7 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
       const step = async (f: () => unknown): Promise<void> => { try { await f() } catch (err) { errors.push(err) } }
       for (const g of gateways.values()) await step(async () => { await (await g)?.stop() })
       await step(async () => { await bot.stop() })
-      await step(() => { receipts.stop() })
+      await step(async () => { await receipts.stop() })
       await step(async () => { await (await serving)?.() })
       if (errors.length > 0) throw new AggregateError(errors, `stopping the agent of ${node.config.name}: ${errors.map((e) => (e as Error).message).join('; ')}`)
     }

@@ -114,6 +114,20 @@ export type SignedContract = z.infer<typeof SignedContractSchema>
 
 export const ContractMsgSchema = z.object({ ...addressed, contract: SignedContractSchema }).strict()
 
+/**
+ * A party ends a contract before its term: the head's pipeline lost the worker, or a worker stops
+ * serving. Either party may send it (the envelope's author must be one of the two); the other party
+ * ends the contract too, so it never lives on one side only.
+ */
+export const ContractEndSchema = z.object({
+  ...addressed,
+  contractId: z.string().regex(/^[0-9a-f]{32}$/),
+  /** 'broken': a party failed or left; 'ended': a party closed it. */
+  status: z.enum(['broken', 'ended']),
+  reason: z.string().max(300)
+}).strict()
+export type ContractEnd = z.infer<typeof ContractEndSchema>
+
 export type Propose = z.infer<typeof ProposeSchema>
 export type Counter = z.infer<typeof CounterSchema>
 export type Accept = z.infer<typeof AcceptSchema>
@@ -127,7 +141,8 @@ export const CounterKind = defineKind('market-counter', CounterSchema, TTL)
 export const AcceptKind = defineKind('market-accept', AcceptSchema, TTL)
 export const RejectKind = defineKind('market-reject', RejectSchema, TTL)
 export const ContractKind = defineKind('market-contract', ContractMsgSchema, TTL)
-export const MARKET_KINDS = [CfpKind, ProposeKind, CounterKind, AcceptKind, RejectKind, ContractKind] as const
+export const ContractEndKind = defineKind('market-end', ContractEndSchema, TTL)
+export const MARKET_KINDS = [CfpKind, ProposeKind, CounterKind, AcceptKind, RejectKind, ContractKind, ContractEndKind] as const
 
 /** Domain separation: a contract signature can never pass for an envelope signature, nor the reverse. */
 export const CONTRACT_SIGNING_DOMAIN = 'clawmesh/market-contract/v1\n'

@@ -127,8 +127,14 @@ export const ConfigSchema = z.object({
   mdns: z.boolean().default(true),
   dht: z.boolean().default(true),
   nat: z.object({
-    /** Reserve slots on relays so peers behind NAT can be reached through them. */
+    /** Dial peers through circuit relays, and reserve a slot on each of `relays`. */
     relayClient: z.boolean().default(true),
+    /**
+     * Relays (multiaddrs ending in /p2p/<id>) to reserve a slot on, so that peers can reach this node
+     * behind NAT through them. Only named relays: searching the network for one costs a DHT walk that
+     * never ends when no peer relays.
+     */
+    relays: z.array(z.string().regex(/^\/.*\/p2p\/[A-Za-z0-9]+(\/p2p-circuit)?$/)).max(8).default([]),
     /** Act as a circuit relay for others (for nodes with a public address). */
     relayServer: z.boolean().default(false),
     autonat: z.boolean().default(true),

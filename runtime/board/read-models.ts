@@ -106,7 +106,11 @@ export async function readModels (node: MeshNode, now = Date.now()): Promise<Mod
     const down = active.filter((s) => !s.workerUp)
     let health: ModelView['health']
     let healthReason: string
-    if (active.length === 0) { health = 'idle'; healthReason = 'no active contracts' } else if (gaps.length > 0) { health = 'incomplete'; healthReason = `layers ${gaps.map(([a, b]) => `${a}–${b - 1}`).join(', ')} not contracted` } else if (down.length > 0) { health = 'degraded'; healthReason = `${down.map((s) => s.workerName).join(', ')} not serving` } else { health = 'healthy'; healthReason = `${layers} layers on ${new Set(active.map((s) => s.worker)).size} workers` }
+    const pipeline = node.pipelines.get(sha)
+    if (active.length === 0) { health = 'idle'; healthReason = 'no active contracts' } else if (pipeline !== undefined && pipeline.state !== 'running' && pipeline.state !== 'stopped') {
+      // Signed contracts are not a running model: while the head rebuilds its pipeline, say so.
+      health = 'degraded'; healthReason = `pipeline ${pipeline.state}${pipeline.reason !== undefined ? `: ${pipeline.reason}` : ''}`
+    } else if (gaps.length > 0) { health = 'incomplete'; healthReason = `layers ${gaps.map(([a, b]) => `${a}–${b - 1}`).join(', ')} not contracted` } else if (down.length > 0) { health = 'degraded'; healthReason = `${down.map((s) => s.workerName).join(', ')} not serving` } else { health = 'healthy'; healthReason = `${layers} layers on ${new Set(active.map((s) => s.worker)).size} workers` }
     out.push({
       sha256: sha,
       name: info?.name ?? `model ${sha.slice(0, 12)}`,

@@ -140,7 +140,7 @@ export async function cmdJoin (home: string, line: string, opts: Out & { start: 
       const node = await MeshNode.open({ home })
       try {
         if (invite.once !== undefined) {
-          const host = await createHost(node.key, { ...node.config, listen: [], announce: [], bootstrap: [], mdns: false, dht: false, nat: { relayClient: false, relayServer: false, autonat: false, dcutr: false } })
+          const host = await createHost(node.key, { ...node.config, listen: [], announce: [], bootstrap: [], mdns: false, dht: false, nat: { ...node.config.nat, relayClient: false, relays: [], relayServer: false, autonat: false, dcutr: false } })
           try {
             await redeem(async () => await requestRedemption(host, invite.by, invite.boot, invite.once!))
           } finally {

@@ -1,5 +1,6 @@
 // Starting llama.cpp's processes from Node: RPC workers and the one-process completion CLI.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { quoteCommand } from './proc.js';
 
@@ -68,6 +69,19 @@ function stopChild(child: ChildProcess, graceMs = 3000): Promise<void> {
  * Starts an RPC worker and resolves once its port accepts connections. The server handles one
  * client at a time, so our readiness probe connects and closes immediately.
  */
+/**
+ * Where the OS can tie a child's life to ours (Linux: util-linux's setpriv sets PR_SET_PDEATHSIG, then
+ * execs the program in place, so the pid is the program's), llama.cpp processes die with the node: a
+ * worker killed with SIGKILL once in three left its rpc-server running as an orphan, holding its port
+ * and memory. Elsewhere the plain spawn stays (a clean stop still stops them).
+ */
+const SETPRIV = process.platform === 'linux' ? ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p)) : undefined;
+
+export function spawnTied(bin: string, args: string[], opts: SpawnOptions): ChildProcess {
+  if (SETPRIV === undefined) return spawn(bin, args, opts);
+  return spawn(SETPRIV, ['--pdeathsig', 'KILL', '--', bin, ...args], opts);
+}
+
 export async function startRpcServer(o: RpcServerOptions): Promise<RpcServerHandle> {
   const host = o.host ?? '127.0.0.1';
   const args = ['-H', host, '-p', String(o.port)];
@@ -75,7 +89,7 @@ export async function startRpcServer(o: RpcServerOptions): Promise<RpcServerHand
   if (o.cache) args.push('-c');
   if (o.devices?.length) args.push('-d', o.devices.join(','));
   const printable = quoteCommand(o.bin, args);
-  const child = spawn(o.bin, args, { env: o.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawnTied(o.bin, args, { env: o.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
   const tail = tailCollector(child);
   let exited: string | undefined;
   child.once('exit', (code, sig) => { exited = sig ? `signal ${sig}` : `exit code ${code}`; });
@@ -221,7 +235,7 @@ export async function startLlamaServer(o: LlamaServerOptions): Promise<LlamaServ
     ...(o.extraArgs ?? []),
   ];
   const printable = quoteCommand(o.bin, args);
-  const child = spawn(o.bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawnTied(o.bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const tail = tailCollector(child);
   let exited: string | undefined;
   child.once('exit', (code, sig) => { exited = sig ? `signal ${sig}` : `exit code ${code}`; });

@@ -22,7 +22,8 @@ export const rateLimited = (retryAfterMs: number): ApiError => new ApiError(429,
 export const badRequest = (detail: string, param: string | null = null): ApiError => new ApiError(400, detail, 'invalid_request_error', null, param)
 export const notFound = (detail: string): ApiError => new ApiError(404, detail, 'invalid_request_error', 'not_found')
 export const modelNotFound = (detail: string): ApiError => new ApiError(404, detail, 'invalid_request_error', 'model_not_found', 'model')
-export const unavailable = (detail: string): ApiError => new ApiError(503, detail, 'server_error', 'model_unavailable')
+/** 503 with Retry-After: the model is being (re-)assembled; clients that honour the header come back then. */
+export const unavailable = (detail: string, retryAfterS = 2): ApiError => new ApiError(503, detail, 'server_error', 'model_unavailable', null, { 'retry-after': String(retryAfterS) })
 export const upstreamFailed = (detail: string): ApiError => new ApiError(502, detail, 'server_error', 'upstream_error')
 
 export function errorBody (e: ApiError): { error: { message: string, type: string, param: string | null, code: string | null } } {

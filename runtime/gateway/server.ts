@@ -270,10 +270,14 @@ export class Gateway {
         method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: abort.signal
       })
     } catch (err) {
+      // The pipeline failed under this request and the head is rebuilding it: that is a 503 (come back
+      // shortly), not a broken gateway.
+      if (this.upstream !== base) throw unavailable(`${this.o.modelName} is being re-assembled (${(err as Error).message}); try again shortly`)
       throw upstreamFailed(`the pipeline did not answer: ${(err as Error).message}`)
     }
     if (!upstream.ok) {
       const text = await upstream.text()
+      if (upstream.status >= 500 && this.upstream !== base) throw unavailable(`${this.o.modelName} is being re-assembled; try again shortly`)
       let parsed: { error?: { message?: string } } | undefined
       try { parsed = JSON.parse(text) } catch { /* not JSON */ }
       throw new ApiError(upstream.status >= 500 ? 502 : upstream.status, `pipeline: ${parsed?.error?.message ?? text.slice(0, 300)}`,

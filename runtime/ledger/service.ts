@@ -8,6 +8,7 @@ import type { Envelope } from '../../protocols/envelope.ts'
 import { HeadBook, type RecordedUsage, type SettledUsage, type SettleHooks } from './head-book.ts'
 import { ReceiptCosigner } from './cosigner.ts'
 import { ingestReceipt } from './mirror.ts'
+import { ReceiptSync, type ReceiptSyncOptions } from './sync.ts'
 
 const REPROPOSE_MS = 1500
 
@@ -23,6 +24,8 @@ export interface ReceiptServiceOptions {
   /** How often to look for settleable usages. */
   tickMs?: number
   hooks?: SettleHooks
+  /** Anti-entropy with peers for settled receipts that gossip did not bring (false: gossip only). */
+  sync?: ReceiptSyncOptions | false
 }
 
 /**
@@ -37,7 +40,9 @@ export class ReceiptService {
   private timer: NodeJS.Timeout | undefined
   private settling: Promise<unknown> = Promise.resolve()
   private readonly settledListeners: Array<(s: SettledUsage) => void> = []
-  private readonly opts: Required<Omit<ReceiptServiceOptions, 'hooks'>>
+  private readonly opts: Required<Omit<ReceiptServiceOptions, 'hooks' | 'sync'>>
+  /** Catches up on settled receipts missed while offline or not yet connected (undefined if off). */
+  readonly sync: ReceiptSync | undefined
   private lastRepropose = 0
   readonly stats = { rejectedReceipts: 0 }
 
@@ -46,6 +51,7 @@ export class ReceiptService {
     // A worker counts what it served when it signs for it: the RPC server itself reports no tokens.
     this.cosigner = new ReceiptCosigner(node.store.db, node.key, (r) => { node.serving.record(r.modelHash, r.tokens) })
     this.log = node.log.child('receipts')
+    this.sync = opts.sync === false ? undefined : new ReceiptSync(node, node.log.child('receipt-sync'), opts.sync)
     this.opts = { settleDelayMs: opts.settleDelayMs ?? node.config.gateway?.settleDelayMs ?? 0, proposalTimeoutMs: opts.proposalTimeoutMs ?? 60_000, tickMs: opts.tickMs ?? 250 }
   }
 
@@ -76,10 +82,13 @@ export class ReceiptService {
     })
     this.bus.subscribe(FraudReportKind, async (env) => { await this.keepFraudReport(env) })
     this.timer = setInterval(() => this.kick(), this.opts.tickMs)
+    // Gossip reaches only the peers connected at the time; sync brings the rest, checked the same way.
+    this.sync?.start()
   }
 
-  stop (): void {
+  async stop (): Promise<void> {
     clearInterval(this.timer)
+    await this.sync?.stop()
   }
 
   onSettled (fn: (s: SettledUsage) => void): void {

@@ -104,7 +104,12 @@ export async function createHost (key: PrivateKey, config: Config, extras: HostE
     })
   }
   const listen = [...config.listen]
-  if (config.nat.relayClient) listen.push('/p2p-circuit')
+  // Reservations only on relays the owner named. A bare '/p2p-circuit' listen address makes libp2p
+  // search the network for relays with a kad-dht random walk that never ends while no peer is a relay
+  // (the default: relayServer is off): on a 3-node mesh that was ~175 DHT streams/s and dials of every
+  // peer it found, dead ones included, until the connections carrying engine tunnels were reset.
+  // Dialling relayed addresses of others works without any listen address.
+  if (config.nat.relayClient) for (const relay of config.nat.relays) listen.push(`${relay.replace(/\/p2p-circuit$/, '')}/p2p-circuit`)
   if (config.nat.relayServer) services.relay = circuitRelayServer()
   if (config.nat.autonat) services.autonat = autoNAT()
   if (config.nat.dcutr) services.dcutr = dcutr()

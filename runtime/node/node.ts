@@ -13,12 +13,15 @@ import { createHost, type Host, type HostExtras } from './host.ts'
 import { loadOrCreateIdentity } from './identity.ts'
 import { GossipBus } from './gossip.ts'
 import { serveInvites } from './invites.ts'
+import { serveContractQueries } from './contract-query.ts'
 import { PresenceService } from './presence.ts'
 import { probeHardware } from './hardware.ts'
 import { clearStatus, readLiveStatus, writeStatus, type NodeStatus } from './status-file.ts'
 import { ActivityLog } from './activity.ts'
 import { DefaultControls, loadPolicy, type OwnerControls, type StateChange } from './controls.ts'
 import { ServingMeter } from './serving.ts'
+import { TrafficCounter } from './traffic.ts'
+import { PipelineStates } from './pipelines.ts'
 
 export { DATABASE_FILE }
 
@@ -45,6 +48,10 @@ export class MeshNode {
   controls: OwnerControls
   /** Tokens served per model, recorded by the engine. */
   readonly serving = new ServingMeter()
+  /** Streams and connections the host opened (status.json carries the counts). */
+  readonly traffic = new TrafficCounter()
+  /** The head's pipelines per model, as its agent reports them (board, status file). */
+  readonly pipelines = new PipelineStates()
   private currentState = 'offline'
   private readonly history: StateChange[] = [{ state: 'offline', at: Date.now() }]
   private readonly startedAt = Date.now()
@@ -128,7 +135,7 @@ export class MeshNode {
       throw new Error(`a node is already running from ${this.home} (pid ${running.pid}); stop it first`)
     }
     this.state = 'booting'
-    const host = await createHost(this.key, this.config, this.hostExtras)
+    const host = await createHost(this.key, this.config, { metrics: this.traffic.metrics(), ...this.hostExtras })
     this.host = host
     host.addEventListener('peer:connect', (evt) => {
       const addrs = host.getConnections(evt.detail).map((c) => c.remoteAddr.toString())
@@ -137,6 +144,7 @@ export class MeshNode {
     })
     host.addEventListener('peer:disconnect', () => { this.markStatusDirty() })
     await serveInvites(host, this.store, this.log.child('invites'))
+    await serveContractQueries(host, this.store, this.config.networkId, this.log.child('contracts'))
     this.bus = new GossipBus(host.services.pubsub, this.key, this.config.networkId, this.store, this.log.child('gossip'))
     this.presence = new PresenceService(this.bus, host.services.pubsub, this.store, this.log.child('presence'), async () => await this.describe(), this.config.presenceIntervalMs)
     this.presence.onPresence((p) => {
@@ -215,6 +223,9 @@ export class MeshNode {
       presentPeers: this.presence?.peers().length ?? 0,
       gossip: this.bus?.getStats() ?? { accepted: {}, published: {}, rejected: {} as NodeStatus['gossip']['rejected'] },
       state: this.state,
+      traffic: this.traffic.counts(),
+      memory: { rss: process.memoryUsage().rss },
+      pipelines: this.pipelines.all(),
       serving: { tokens: Object.fromEntries(this.serving.total()), perSecond: Object.fromEntries(this.serving.rates()) }
     }
   }

@@ -1,6 +1,8 @@
 import { readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { GossipStats } from './gossip.ts'
+import type { TrafficCounts } from './traffic.ts'
+import type { PipelineState } from './pipelines.ts'
 
 /**
  * What a running node tells the CLI (and anyone who reads its home) about itself. The node rewrites it
@@ -20,6 +22,12 @@ export interface NodeStatus {
   presentPeers: number
   gossip: GossipStats
   state: string
+  /** Streams and connections opened since start (rates come from two readings). */
+  traffic?: TrafficCounts
+  /** Resident memory of the node's process, bytes. */
+  memory?: { rss: number }
+  /** The head's pipelines by model SHA-256. */
+  pipelines?: Record<string, PipelineState>
   /** Tokens served since this process started, per model sha256 (the node's ServingMeter), and the rate over the last minute. */
   serving?: { tokens: Record<string, number>, perSecond: Record<string, number> }
 }

@@ -174,6 +174,20 @@ export class NegotiationBook {
     return lapsed
   }
 
+  /**
+   * Ends one active contract early ('broken': a party failed or left; 'ended': a party closed it), and
+   * moves its thread out of `contracted` as a lapse does, so a worker's memory and deal slot are free.
+   * Returns the contract when it was active until now, undefined when it was not (nothing changes).
+   */
+  async endContract (id: string, status: 'broken' | 'ended', now = Date.now()): Promise<StoredContract | undefined> {
+    const c = (await this.contracts({ status: 'active' })).find((x) => x.id === id)
+    if (c === undefined) return undefined
+    await this.db.run("UPDATE market_threads SET status = 'expired', updated_at = ? WHERE cfp_id = ? AND peer IN (?, ?) AND status = 'contracted'",
+      [now, c.cfpId, c.signed.doc.head, c.signed.doc.worker])
+    await this.db.run("UPDATE contracts SET status = ? WHERE id = ? AND status = 'active'", [status, id])
+    return c
+  }
+
   async setContractStatus (id: string, status: 'active' | 'broken' | 'ended'): Promise<void> {
     await this.db.run('UPDATE contracts SET status = ? WHERE id = ?', [status, id])
   }

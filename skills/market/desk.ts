@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto'
 import type { PrivateKey } from '@libp2p/interface'
 import {
-  AcceptKind, CfpKind, CfpSchema, ContractKind, CounterKind, MARKET_KINDS, ProposeKind, RejectKind,
+  AcceptKind, CfpKind, CfpSchema, ContractEndKind, ContractKind, CounterKind, MARKET_KINDS, ProposeKind, RejectKind,
   contractFromTerms, marketScope, sameContract, signContract, verifyContract, verifyContractSig,
-  type Accept, type Cfp, type ContractMsg, type Counter, type Envelope, type MessageKind, type ModelRef,
+  type Accept, type Cfp, type ContractEnd, type ContractMsg, type Counter, type Envelope, type MessageKind, type ModelRef,
   type Propose, type Reject, type SignedContract, type Terms
 } from '../../protocols/index.ts'
 import type { GossipBus } from '../../runtime/node/gossip.ts'
@@ -18,6 +18,8 @@ export type MarketEvent =
   | { type: 'accepted', cfpId: string, peer: string }
   | { type: 'rejected', cfpId: string, peer: string, reason: string }
   | { type: 'contracted', cfpId: string, peer: string, contractId: string }
+  /** The other party ended a contract before its term (it is ended here too). */
+  | { type: 'ended', cfpId: string, peer: string, contractId: string, reason: string }
 
 /** A protocol rule broken by our own side: the tool turns it into a refusal for the LLM. */
 export class MarketError extends Error {
@@ -76,6 +78,7 @@ export class MarketDesk {
     on(AcceptKind, async (env) => { await this.onAccept(env) })
     on(RejectKind, async (env) => { await this.onReject(env) })
     on(ContractKind, async (env) => { await this.onContract(env) })
+    on(ContractEndKind, async (env) => { await this.onContractEnd(env) })
   }
 
   /** Peers subscribed to a model's calls for proposals: who would hear a call now. */
@@ -271,6 +274,34 @@ export class MarketDesk {
     const id = await this.book.saveContract(m.contract)
     await this.book.putThread({ ...thread, status: 'contracted' })
     this.listener({ type: 'contracted', cfpId: m.cfpId, peer: env.from, contractId: id })
+  }
+
+  /**
+   * Ends one of our active contracts before its term and tells the other party, so that the contract
+   * has one state on both sides (the worker frees the memory and the deal slot, the head stops billing
+   * and buys the range again). The notice travels by gossip; a party that misses it learns the state
+   * when the two next compare notes (runtime/node/contract-query.ts).
+   */
+  async endContract (id: string, status: 'broken' | 'ended', reason: string): Promise<boolean> {
+    const ended = await this.book.endContract(id, status)
+    if (ended === undefined) return false
+    const doc = ended.signed.doc
+    const other = doc.head === this.me ? doc.worker : doc.head
+    await this.send(ContractEndKind, { cfpId: doc.cfpId, model: doc.model, to: other, contractId: id, status, reason: reason.slice(0, 300), text: `Contract for layers [${doc.start}, ${doc.end}) ends: ${reason}`.slice(0, 2000) })
+      .catch((err: unknown) => this.log.warn('could not send a contract-end notice', { contract: id, error: (err as Error).message }))
+    return true
+  }
+
+  private async onContractEnd (env: Envelope<ContractEnd>): Promise<void> {
+    const m = env.body
+    if (m.to !== this.me) return
+    const c = (await this.book.contracts({ cfpId: m.cfpId })).find((x) => x.id === m.contractId)
+    if (c === undefined) return
+    const { head, worker } = c.signed.doc
+    // Only the other party may end it: the envelope's author is authenticated, the body's claims are not.
+    if (!((head === this.me && worker === env.from) || (worker === this.me && head === env.from))) return this.log.warn('contract-end notice from a non-party ignored', { contract: m.contractId, from: env.from })
+    if (await this.book.endContract(m.contractId, m.status) === undefined) return
+    this.listener({ type: 'ended', cfpId: m.cfpId, peer: env.from, contractId: m.contractId, reason: m.reason })
   }
 
   // ---- helpers ----

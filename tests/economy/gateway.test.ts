@@ -48,7 +48,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await gateway?.stop()
-  for (const s of mesh?.services ?? []) s.stop()
+  for (const s of mesh?.services ?? []) await s.stop()
   await stopAll(mesh?.nodes ?? [])
   await pipeline?.stop()
   await dir?.cleanup()

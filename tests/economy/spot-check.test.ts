@@ -47,7 +47,7 @@ beforeAll(async () => {
 }, 600_000)
 
 afterAll(async () => {
-  for (const s of mesh?.services ?? []) s.stop()
+  for (const s of mesh?.services ?? []) await s.stop()
   await stopAll(mesh?.nodes ?? [])
   await Promise.all(servers.map(async (s) => { await s.stop() }))
   await dir?.cleanup()

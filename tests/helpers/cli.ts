@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
+import { runClawmesh, type CliResult } from '../../sims/soak/cli-mesh.ts'
 
 export const BIN = fileURLToPath(new URL('../../runtime/cli/bin.js', import.meta.url))
 
@@ -10,18 +11,10 @@ export function cliEnv (root: string, extra: Record<string, string> = {}): NodeJ
   return { ...env, CLAWMESH_ROOT: root, CLAWMESH_MDNS: '0', CLAWMESH_NAT: '0', CLAWMESH_PROBE_GPU: '0', CLAWMESH_PRESENCE_MS: '500', ...extra }
 }
 
-export interface RunResult { code: number | null, stdout: string, stderr: string }
+export type RunResult = CliResult
 
 export async function runCli (args: string[], env: NodeJS.ProcessEnv, timeoutMs = 30_000): Promise<RunResult> {
-  const child = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
-  clearTimeout(timer)
-  return { code, stdout, stderr }
+  return await runClawmesh(args, env, timeoutMs)
 }
 
 export async function runJson<T> (args: string[], env: NodeJS.ProcessEnv): Promise<T> {
