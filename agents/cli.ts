@@ -1,11 +1,12 @@
 import { access } from 'node:fs/promises'
-import { isAbsolute, join } from 'node:path'
+import { join } from 'node:path'
 import { DATABASE_FILE, type MeshNode } from '../runtime/node/node.ts'
 import { Store } from '../runtime/store/store.ts'
 import { printJson } from '../runtime/cli/format.ts'
 import { modelRefFromGguf } from '../skills/assembly/model.ts'
 import { ReceiptService } from '../runtime/ledger/service.ts'
 import { startPaidApi } from '../runtime/gateway/serve.ts'
+import { resolveModelPath } from '../runtime/engine/catalog.ts'
 import type { Gateway } from '../runtime/gateway/server.ts'
 import { contractId } from '../protocols/index.ts'
 import { ClawBot } from './clawbot.ts'
@@ -86,7 +87,7 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
   if (!engine.real) node.log.info('pipelines are pending the engine: contracts will be negotiated, not run')
   const target = bot.settings.assemble
   if (target !== undefined) {
-    const path = isAbsolute(target) ? target : join(node.modelsDir, target)
+    const path = resolveModelPath(target, node.modelsDir)
     const model = await modelRefFromGguf(path)
     await bot.assemble(model)
     console.log(`Assembling ${model.name} (${model.nLayer} layers) from the mesh.`)

@@ -8,6 +8,17 @@ export const DEFAULT_NETWORK = 'clawmesh'
 export const DEFAULT_PORT = 4011
 export const DEFAULT_BOARD_PORT = 4012
 export const DEFAULT_GATEWAY_PORT = 4013
+/**
+ * Prices are credits per million layer-tokens: a worker serving L layers of a request of T tokens at
+ * price P earns T × L × P / 1e6 credits. The defaults make a small paid mesh pay out: at the floor, a
+ * 37-token request through 2 layers earns the worker 1 credit (1.48 before rounding down), where the
+ * old floor of 1 gave it 0.00007 and every receipt was 0.
+ */
+export const DEFAULT_PRICE_FLOOR = 20_000
+/** A head pays at most 5x the default floor per layer. */
+export const DEFAULT_CEILING = 100_000
+/** Enough for 80 layers at 3x the default floor, or 50 at the ceiling. */
+export const DEFAULT_BUDGET = 5_000_000
 
 const HOUR_MINUTE = /^([01][0-9]|2[0-3]):[0-5][0-9]$/
 
@@ -30,12 +41,16 @@ export const AgentSettingsSchema = z.object({
     /** One LLM call that takes longer is abandoned and the offline negotiator plays that turn. */
     timeoutMs: z.number().int().positive().default(90_000)
   }).strict().prefault({}),
-  /** Never sell a layer below this (default: the node's priceFloor). */
+  /**
+   * Deprecated in config.json: the floor is the top-level priceFloor (one knob, which the board's
+   * policy also sets). loadConfig moves an agent.floor from the file or environment onto priceFloor,
+   * with a warning. Code that starts a ClawBot itself (tests, simulations) may still pass it.
+   */
   floor: z.number().nonnegative().optional(),
-  /** As a head: never pay more than this per layer. */
-  ceiling: z.number().nonnegative().default(50),
-  /** As a head: never pay more than this for a whole model, per million tokens. */
-  budget: z.number().nonnegative().default(1000),
+  /** As a head: never pay more than this per layer, in credits per million layer-tokens. */
+  ceiling: z.number().nonnegative().default(DEFAULT_CEILING),
+  /** As a head: never pay more than this for a whole model, in credits per million tokens (Σ price × layers). */
+  budget: z.number().nonnegative().default(DEFAULT_BUDGET),
   /** Deals (signed or being signed) the agent may hold at once as a worker. */
   maxDeals: z.number().int().min(0).max(64).default(2),
   /** Share of free memory the agent may lend. */
@@ -131,8 +146,11 @@ export const ConfigSchema = z.object({
   /** How many peers to stay directly connected to; beyond this, gossip relays the rest. */
   meshTarget: z.number().int().min(1).default(8),
   presenceIntervalMs: z.number().int().min(100).max(600_000).default(15_000),
-  /** Credits per million layer-tokens below which the agent never sells. */
-  priceFloor: z.number().nonnegative().default(1),
+  /**
+   * Credits per million layer-tokens below which the agent never sells (as a worker). The one floor:
+   * agent.floor is a deprecated alias of it, and the board's policy control changes it.
+   */
+  priceFloor: z.number().nonnegative().default(DEFAULT_PRICE_FLOOR),
   modelsDir: z.string().optional(),
   /** Ask node-llama-cpp for GPU details (loads its native binary once). */
   probeGpu: z.boolean().default(true),
@@ -143,6 +161,11 @@ export const ConfigSchema = z.object({
     /** When taken (a second agent on this machine), the board falls back to a free port and says so. */
     port: z.number().int().min(0).max(65535).default(DEFAULT_BOARD_PORT)
   }).strict().prefault({}),
+  /** llama.cpp processes this node runs: a worker's rpc-servers, a head's llama-server. */
+  engine: z.object({
+    /** CPU threads per process (-t); omitted = 2 for llama-server, llama.cpp's own default for rpc-server. */
+    threads: z.number().int().min(1).max(256).optional()
+  }).strict().optional(),
   /** The ClawBot on top of the node (agents/): LLM provider and the owner's bounds; omitted = defaults. */
   agent: AgentSettingsSchema.optional(),
   /** Pull-request proposals and the human review quorum (governance/); omitted = off. */
@@ -184,6 +207,7 @@ const ENV_FIELDS: Record<string, (value: string) => Partial<ConfigInput>> = {
   CLAWMESH_MODELS_DIR: (v) => ({ modelsDir: v }),
   CLAWMESH_PROBE_GPU: (v) => ({ probeGpu: bool('CLAWMESH_PROBE_GPU', v) }),
   CLAWMESH_LOG_LEVEL: (v) => ({ logLevel: v as Config['logLevel'] }),
+  CLAWMESH_THREADS: (v) => ({ engine: { threads: Number(v) } }),
   CLAWMESH_LLM_PROVIDER: (v) => ({ agent: { llm: { provider: v as AgentSettings['llm']['provider'] } } }),
   CLAWMESH_LLM_MODEL: (v) => ({ agent: { llm: { model: v } } }),
   CLAWMESH_LLM_BASE_URL: (v) => ({ agent: { llm: { baseUrl: v } } })
@@ -240,8 +264,31 @@ function mergeAgent (into: Partial<ConfigInput>, part: Partial<ConfigInput>): vo
   if (agent !== undefined) into.agent = { ...into.agent, ...agent, llm: { ...into.agent?.llm, ...agent.llm } }
 }
 
+/** Where loadConfig says that a setting is deprecated (stderr by default: logs go there). */
+export type ConfigWarn = (message: string) => void
+const warnOnStderr: ConfigWarn = (message) => { process.stderr.write(`clawmesh: ${message}\n`) }
+
+/**
+ * agent.floor and priceFloor used to be two floors with no word on which won (the agent's did, so the
+ * board's floor control did nothing while agent.floor was set). Now priceFloor is the floor and
+ * agent.floor an alias: it sets priceFloor unless priceFloor is given too, in which case priceFloor wins.
+ */
+function foldDeprecatedFloor (merged: Partial<ConfigInput>, home: string, warn: ConfigWarn): void {
+  const floor = merged.agent?.floor
+  if (floor === undefined) return
+  const agent = { ...merged.agent }
+  delete agent.floor
+  merged.agent = agent
+  if (merged.priceFloor === undefined) {
+    merged.priceFloor = floor
+    warn(`${home}: agent.floor is deprecated; it now sets priceFloor (${floor}). Move it to the top-level "priceFloor" in config.json`)
+  } else if (merged.priceFloor !== floor) {
+    warn(`${home}: agent.floor (${floor}) is deprecated and ignored: priceFloor (${merged.priceFloor}) is the floor. Remove agent.floor from config.json`)
+  }
+}
+
 /** File, then environment, then explicit overrides (CLI flags, tests), validated as a whole. */
-export async function loadConfig (home: string, overrides: Partial<ConfigInput> = {}, env: NodeJS.ProcessEnv = process.env): Promise<Config> {
+export async function loadConfig (home: string, overrides: Partial<ConfigInput> = {}, env: NodeJS.ProcessEnv = process.env, warn: ConfigWarn = warnOnStderr): Promise<Config> {
   const fromFile = await readConfigFile(home)
   const fromEnv: Partial<ConfigInput> = {}
   for (const [name, apply] of Object.entries(ENV_FIELDS)) {
@@ -252,6 +299,7 @@ export async function loadConfig (home: string, overrides: Partial<ConfigInput> 
   // The agent's settings merge key by key too, so one env var does not wipe the file's other settings.
   const agents = [fromFile.agent, fromEnv.agent, overrides.agent].filter((a) => a !== undefined)
   if (agents.length > 0) (merged as Partial<ConfigInput>).agent = agents.reduce<AgentSettingsInput>((acc, a) => ({ ...acc, ...a, llm: { ...acc.llm, ...a.llm } }), {})
+  foldDeprecatedFloor(merged, home, warn)
   const parsed = ConfigSchema.safeParse(merged)
   if (!parsed.success) throw new Error(`invalid configuration for ${home}: ${z.prettifyError(parsed.error)}`)
   return parsed.data

@@ -1,5 +1,6 @@
 import type { MeshNode } from '../node/node.ts'
-import { dumpRelation, relationExists, type TableDump } from './tables.ts'
+import { moneySummary, usagePerKey, type MoneySummary } from '../ledger/summary.ts'
+import type { TableDump } from './tables.ts'
 import { nameOf, peerNames } from './names.ts'
 
 export interface MoneyView {
@@ -10,7 +11,9 @@ export interface MoneyView {
   earnings: Array<{ ts: number, balance: number }>
   receipts: Array<{ seq: number, ts: number, memo: string, amount: number, direction: 'in' | 'out' | 'other', counterparty: string, receipt: unknown }>
   entries: number
-  /** The gateway's usage per key, when the layer that runs it exposes the view board_gateway_usage. */
+  /** Balance, all-time earnings, pending earnings and the paid API's totals (as clawmesh status --json shows them). */
+  summary: MoneySummary
+  /** The paid API's usage per key (requests, tokens, credits charged, balance left); null without API keys. */
   gateway: TableDump | null
 }
 
@@ -59,7 +62,22 @@ export async function readMoney (node: MeshNode): Promise<MoneyView> {
     earnings,
     receipts: receipts.reverse().slice(0, 100),
     entries: (await node.store.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM ledger'))?.n ?? 0,
-    gateway: await relationExists(node.store.db, 'board_gateway_usage') ? await dumpRelation(node.store.db, 'board_gateway_usage') : null
+    summary: await moneySummary(node.store.db, self),
+    gateway: await gatewayUsage(node)
+  }
+}
+
+const KEY_COLUMNS = ['key', 'label', 'state', 'requests', 'prompt tokens', 'completion tokens', 'unsettled', 'credits charged', 'balance', 'last used']
+
+async function gatewayUsage (node: MeshNode): Promise<TableDump | null> {
+  const rows = await usagePerKey(node.store.db)
+  if (rows.length === 0) return null
+  const total = (await node.store.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM api_keys'))?.n ?? rows.length
+  return {
+    name: 'gateway usage per key',
+    columns: KEY_COLUMNS,
+    rows: rows.map((r) => [r.key, r.label, r.state, r.requests, r.promptTokens, r.completionTokens, r.pending, r.charged, r.balance, r.lastUsed === null ? 'never' : new Date(r.lastUsed).toISOString()]),
+    total
   }
 }
 

@@ -4,10 +4,11 @@ import { access } from 'node:fs/promises'
 import { createInvite } from '../../protocols/index.ts'
 import { DATABASE_FILE, loadConfig } from '../config.ts'
 import { loadOrCreateIdentity } from '../node/identity.ts'
-import { readLiveStatus, type NodeStatus } from '../node/status-file.ts'
+import { isAlive, readLiveStatus, type NodeStatus } from '../node/status-file.ts'
 import { recordSingleUseInvite } from '../node/invites.ts'
 import { Store, type PeerRow } from '../store/store.ts'
-import { initHome, type InitOptions } from './home.ts'
+import { moneySummary, type MoneySummary } from '../ledger/summary.ts'
+import { initHome, startCommand, type InitOptions } from './home.ts'
 import { ago, bytes, printJson, table } from './format.ts'
 import { peerName } from '../../protocols/peer-text.ts'
 
@@ -17,12 +18,13 @@ export interface Out {
 
 export async function cmdInit (home: string, opts: InitOptions & Out): Promise<void> {
   const result = await initHome(home, opts)
-  if (opts.json) return printJson({ home: result.home, peerId: result.peerId, createdIdentity: result.createdIdentity, config: result.config })
+  if (opts.json) return printJson({ home: result.home, peerId: result.peerId, createdIdentity: result.createdIdentity, database: result.database, createdDatabase: result.createdDatabase, config: result.config, start: startCommand(home, opts.name) })
   console.log(`${result.createdIdentity ? 'Created' : 'Kept'} agent ${result.config.name} in ${result.home}`)
   console.log(`  peer id  ${result.peerId}`)
   console.log(`  network  ${result.config.networkId ?? 'clawmesh'}${result.config.meshKey !== undefined ? ' (private mesh)' : ''}`)
   console.log(`  config   ${join(result.home, 'config.json')}`)
-  console.log('Next: clawmesh start' + (home.includes('.clawmesh') ? '' : ` --home ${home}`))
+  console.log(`  database ${result.database}${result.createdDatabase ? '' : ' (kept)'}`)
+  console.log(`Next: ${startCommand(home, opts.name)}`)
 }
 
 async function homeExists (home: string): Promise<boolean> {
@@ -43,6 +45,13 @@ export interface StatusReport {
   live?: NodeStatus
   knownPeers: number
   messagesStored: number
+  /** The agent's credits: balance, earnings as a worker, what its paid API sold (from its ledger; also when not running). */
+  money: MoneySummary
+  /** Shortcuts into money: the figures an owner asks for first. */
+  balance: number
+  earned: number
+  /** Tokens served per model sha256, all time (money.tokensServed). */
+  tokensServed: Record<string, number>
 }
 
 export async function cmdStatus (home: string, opts: Out): Promise<void> {
@@ -53,16 +62,22 @@ export async function cmdStatus (home: string, opts: Out): Promise<void> {
   const store = await Store.open(join(home, DATABASE_FILE))
   let report: StatusReport
   try {
+    const peerId = (await import('@libp2p/peer-id')).peerIdFromPrivateKey(key).toString()
+    const money = await moneySummary(store.db, peerId)
     report = {
       running: live !== undefined,
       home,
       name: config.name,
-      peerId: (await import('@libp2p/peer-id')).peerIdFromPrivateKey(key).toString(),
+      peerId,
       networkId: config.networkId,
       privateMesh: config.meshKey !== undefined,
       ...(live !== undefined ? { live } : {}),
       knownPeers: (await store.listPeers()).length,
-      messagesStored: await store.countMessages()
+      messagesStored: await store.countMessages(),
+      money,
+      balance: money.balance,
+      earned: money.earned,
+      tokensServed: money.tokensServed
     }
   } finally {
     await store.close()
@@ -80,6 +95,10 @@ export async function cmdStatus (home: string, opts: Out): Promise<void> {
     console.log(`  gossip      ${Object.values(live.gossip.accepted).reduce((a, b) => a + b, 0)} accepted, ${rejected.reduce((a, [, n]) => a + n, 0)} rejected${rejected.length > 0 ? ' (' + rejected.map(([r, n]) => `${r} ${n}`).join(', ') + ')' : ''}`)
   }
   console.log(`  known peers ${report.knownPeers}, messages stored ${report.messagesStored}`)
+  const m = report.money
+  console.log(`  credits     ${m.balance} held; ${m.earned} earned as a worker (${m.receipts.settled} settled receipts)${m.pendingEarnings > 0 ? `, ${m.pendingEarnings} pending in ${m.receipts.pending} receipts` : ''}`)
+  for (const [model, n] of Object.entries(m.tokensServed)) console.log(`  served      ${n} tokens of model ${model.slice(0, 12)}${live?.serving?.perSecond[model] !== undefined ? `, ${live.serving.perSecond[model].toFixed(1)} tokens/s now` : ''}`)
+  if (m.gateway !== null) console.log(`  paid API    ${m.gateway.keys} keys, ${m.gateway.requests} requests, ${m.gateway.promptTokens + m.gateway.completionTokens} tokens, ${m.gateway.charged} credits charged, ${m.gateway.userBalances} left on keys`)
 }
 
 export interface PeerReport {
@@ -165,4 +184,45 @@ export async function cmdInvite (home: string, opts: Out & { expires?: string, o
   if (opts.json) return printJson({ invite, networkId: config.networkId, bootstrap: boot, privateMesh: config.meshKey !== undefined, expiresAt: exp ?? null, singleUse: once !== undefined })
   console.log(invite)
   if (config.meshKey !== undefined) console.error('This invite carries the private-mesh key: share it only with people you let in.')
+}
+
+export interface StopReport {
+  home: string
+  /** Whether a node was running when asked. */
+  wasRunning: boolean
+  pid: number | null
+  /** How long the node took to go after SIGTERM. */
+  waitedMs: number
+}
+
+/**
+ * Stops the node running from a home: SIGTERM to the pid in its status file (the node's own process,
+ * which `npx` or a shell in between may not pass signals to), then waits until the process is gone,
+ * so that a script may start it again right after.
+ */
+export async function cmdStop (home: string, opts: Out & { timeoutS: number }): Promise<void> {
+  await requireHome(home)
+  const live = await readLiveStatus(home)
+  if (live === undefined) {
+    if (opts.json) return printJson({ home, wasRunning: false, pid: null, waitedMs: 0 } satisfies StopReport)
+    console.log(`No node is running from ${home}.`)
+    return
+  }
+  const t0 = Date.now()
+  try {
+    process.kill(live.pid, 'SIGTERM')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw new Error(`could not signal the node (pid ${live.pid}) of ${home}: ${(err as Error).message}`)
+  }
+  if (!opts.json) console.error(`Stopping ${live.name} (pid ${live.pid})…`)
+  const deadline = t0 + opts.timeoutS * 1000
+  while (isAlive(live.pid)) {
+    if (Date.now() > deadline) {
+      throw new Error(`the node of ${home} (pid ${live.pid}) is still running ${opts.timeoutS} s after SIGTERM (a shutdown step hangs?); see its log, or end it with: kill -9 ${live.pid}`)
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  const report: StopReport = { home, wasRunning: true, pid: live.pid, waitedMs: Date.now() - t0 }
+  if (opts.json) return printJson(report)
+  console.log(`Stopped ${live.name} (pid ${live.pid}) in ${(report.waitedMs / 1000).toFixed(1)} s.`)
 }

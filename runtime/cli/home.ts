@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto'
 import { access } from 'node:fs/promises'
+import { join } from 'node:path'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { DEFAULT_PORT, configPath, readConfigFile, writeConfigFile, type ConfigInput } from '../config.ts'
+import { DATABASE_FILE, DEFAULT_PORT, configPath, readConfigFile, resolveHome, writeConfigFile, type ConfigInput } from '../config.ts'
 import { loadOrCreateIdentity } from '../node/identity.ts'
+import { Store } from '../store/store.ts'
 
 export interface InitOptions {
   name?: string
@@ -19,6 +21,8 @@ export interface InitResult {
   peerId: string
   createdIdentity: boolean
   createdConfig: boolean
+  createdDatabase: boolean
+  database: string
   config: ConfigInput
 }
 
@@ -31,8 +35,18 @@ async function exists (path: string): Promise<boolean> {
 }
 
 /**
- * Creates (or updates) an agent's home: identity, then config. Existing identity is always kept;
- * config fields are changed only where the caller gave a value, so re-running init is harmless.
+ * The command that starts the node of this home, as the owner should type it: `--name` only when that
+ * name leads to this home (with the environment as it is), else `--home` with the full path.
+ */
+export function startCommand (home: string, name?: string, env: NodeJS.ProcessEnv = process.env): string {
+  if (resolveHome({ name }, env) === home) return 'clawmesh start' + (name !== undefined ? ` --name ${name}` : '')
+  return `clawmesh start --home ${/^[A-Za-z0-9_./~-]+$/.test(home) ? home : JSON.stringify(home)}`
+}
+
+/**
+ * Creates (or updates) an agent's home: identity, config, then the database with its tables (so that
+ * keys, invites and status work before the first start). Existing identity is always kept; config
+ * fields are changed only where the caller gave a value, so re-running init is harmless.
  */
 export async function initHome (home: string, opts: InitOptions = {}): Promise<InitResult> {
   const { key, created } = await loadOrCreateIdentity(home)
@@ -48,5 +62,8 @@ export async function initHome (home: string, opts: InitOptions = {}): Promise<I
   if (opts.meshKey === true) config.meshKey = newMeshKey()
   else if (typeof opts.meshKey === 'string') config.meshKey = opts.meshKey
   await writeConfigFile(home, config)
-  return { home, peerId: peerIdFromPrivateKey(key).toString(), createdIdentity: created, createdConfig: !hadConfig, config }
+  const database = join(home, DATABASE_FILE)
+  const hadDatabase = await exists(database)
+  await (await Store.open(database)).close()
+  return { home, peerId: peerIdFromPrivateKey(key).toString(), createdIdentity: created, createdConfig: !hadConfig, createdDatabase: !hadDatabase, database, config }
 }

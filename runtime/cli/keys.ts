@@ -18,9 +18,11 @@ export function registerKeysCommands (program: Command, ctx: CliContext): void {
     .option('--burst <n>', 'requests allowed at once before the rate applies', wholeNumber('--burst'))
     .addOption(ctx.jsonOption())
     .action(async (o: Opts & { label: string, credits: number, rate?: number, burst?: number }) => {
-      await withDb(ctx.home(o), async (db) => {
+      const home = ctx.home(o)
+      await withDb(home, async (db) => {
         const { createKey } = await import('../gateway/keys.ts')
         const { key, secret } = await createKey(db, { label: o.label, credits: o.credits, ratePerMin: o.rate, burst: o.burst })
+        await warnWithoutGateway(home)
         if (o.json === true) return printJson({ ...key, balance: o.credits, secret })
         console.log(`Created API key ${key.id}${key.label !== '' ? ` (${key.label})` : ''} with ${o.credits} credits, ${key.ratePerMin} requests/min.`)
         console.log(`  secret  ${secret}`)
@@ -82,6 +84,18 @@ function wholeNumber (flag: string): (value: string) => number {
     if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${flag} must be a whole number, got ${value}`)
     return n
   }
+}
+
+/**
+ * A key only works against this node's paid API, which runs only on a head whose config.json has a
+ * "gateway" section: without one the key is created but nothing will ever accept it.
+ */
+async function warnWithoutGateway (home: string): Promise<void> {
+  const { readConfigFile, configPath } = await import('../config.ts')
+  if ((await readConfigFile(home)).gateway !== undefined) return
+  process.stderr.write(`warning: ${configPath(home)} has no "gateway" section, so this node runs no paid API and the key is useless until it does.\n` +
+    '  Add one (every field is optional), e.g.  "gateway": { "port": 4013 }  and restart the node (clawmesh stop, then clawmesh start):\n' +
+    '  it sells each model this agent assembles (agent.assemble) at http://127.0.0.1:4013/v1.\n')
 }
 
 function printJson (value: unknown): void {

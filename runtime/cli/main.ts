@@ -53,7 +53,7 @@ export function buildProgram (extensions: CliExtension[] = []): Command {
     })
 
   homeOptions(program.command('start'))
-    .description('run the node in the foreground (Ctrl-C or SIGTERM stops it cleanly)')
+    .description('run the node in the foreground (Ctrl-C, SIGTERM or "clawmesh stop" stops it cleanly)')
     .option('--port <port>', 'TCP port to listen on, for this run', parsePort)
     .addOption(listenOption())
     .action(async (o: HomeOpts & { port?: number, listen?: string[] }) => {
@@ -61,6 +61,16 @@ export function buildProgram (extensions: CliExtension[] = []): Command {
       await (await starting()).cmdStart(home(o), listen !== undefined ? { listen } : {}, extensions)
       process.exit(0)
     })
+
+  homeOptions(program.command('stop'))
+    .description('stop the node running from this home (SIGTERM to its pid from status.json) and wait until it is gone')
+    .option('--timeout <seconds>', 'give up waiting after this long', (v: string) => {
+      const n = Number(v)
+      if (!(n > 0)) throw new Error(`--timeout must be a positive number of seconds, got ${v}`)
+      return n
+    }, 60)
+    .addOption(json)
+    .action(async (o: HomeOpts & { timeout: number }) => { await (await commands()).cmdStop(home(o), { json: o.json === true, timeoutS: o.timeout }) })
 
   homeOptions(program.command('status'))
     .description('show whether the node runs, its identity, network, connections and gossip counters')
@@ -92,7 +102,7 @@ export function buildProgram (extensions: CliExtension[] = []): Command {
     .argument('<invite>', 'the line printed by "clawmesh invite"')
     .option('--port <port>', 'TCP port to listen on (default 4011)', parsePort)
     .addOption(listenOption())
-    .option('--no-start', 'only write the configuration; start later with "clawmesh start"')
+    .option('--no-start', 'only write the configuration (and redeem a single-use invite); start later with "clawmesh start"')
     .addOption(json)
     .action(async (line: string, o: HomeOpts & { port?: number, listen?: string[], start: boolean }) => {
       await (await starting()).cmdJoin(home(o), line, { json: o.json === true, start: o.start, name: o.name, port: o.port, listen: o.listen }, extensions)

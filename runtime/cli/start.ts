@@ -3,9 +3,10 @@ import { join } from 'node:path'
 import { InviteError, parseInvite, type Invite, type Presence } from '../../protocols/index.ts'
 import { readConfigFile, writeConfigFile, type ConfigInput } from '../config.ts'
 import { MeshNode } from '../node/node.ts'
-import { requestRedemption } from '../node/invites.ts'
+import { createHost } from '../node/host.ts'
+import { requestRedemption, type RedeemResult } from '../node/invites.ts'
 import { startBoardIfEnabled } from '../board/index.ts'
-import { initHome } from './home.ts'
+import { initHome, startCommand } from './home.ts'
 import type { CliExtension } from './extension.ts'
 import type { Out } from './commands.ts'
 import { bytes, printJson } from './format.ts'
@@ -17,7 +18,12 @@ async function exists (path: string): Promise<boolean> {
 /** Runs a node in the foreground until SIGINT or SIGTERM, then leaves the mesh cleanly. */
 export async function cmdStart (home: string, overrides: Partial<ConfigInput>, extensions: CliExtension[] = [], afterStart?: (node: MeshNode) => Promise<void>): Promise<void> {
   const node = await MeshNode.open({ home, overrides })
-  await node.start()
+  try {
+    await node.start()
+  } catch (err) {
+    await node.stop().catch(() => {})
+    throw explainListenError(err, node.config.listen)
+  }
   if (afterStart !== undefined) {
     try {
       await afterStart(node)
@@ -65,6 +71,19 @@ export async function cmdStart (home: string, overrides: Partial<ConfigInput>, e
   })
 }
 
+/**
+ * libp2p reports a taken port as "Some configured addresses failed to be listened on … set
+ * transportManager.faultTolerance …" with a stack trace per address: advice about its own internals.
+ * The owner needs to hear which port is taken and which setting moves it.
+ */
+export function explainListenError (err: unknown, listen: readonly string[]): Error {
+  const message = (err as Error)?.message ?? String(err)
+  if (!/EADDRINUSE/.test(message)) return err as Error
+  const taken = listen.filter((addr) => message.includes(addr)).map((addr) => /\/tcp\/(\d+)/.exec(addr)?.[1]).filter((p): p is string => p !== undefined)
+  const ports = taken.length > 0 ? [...new Set(taken)] : [/:(\d+)\b/.exec(message.slice(message.indexOf('EADDRINUSE')))?.[1] ?? '?']
+  return new Error(`port ${ports.join(', ')} ${ports.length > 1 ? 'are' : 'is'} in use (another clawmesh node?) — set listen in config.json or --port`)
+}
+
 /** What this machine will offer the mesh, as the owner should see it on joining. */
 function printOffer (presence: Presence, config: MeshNode['config']): void {
   const hw = presence.hardware
@@ -76,8 +95,9 @@ function printOffer (presence: Presence, config: MeshNode['config']): void {
 }
 
 /**
- * Sets the agent up from an invite and starts it. A single-use invite is redeemed with the inviting
- * node first; if it refuses, everything this join wrote is undone and the reason is shown.
+ * Sets the agent up from an invite and starts it (or, with start false, only configures it and prints
+ * how to start it). A single-use invite is redeemed with the inviting node first; if it refuses,
+ * everything this join wrote is undone and the reason is shown.
  */
 export async function cmdJoin (home: string, line: string, opts: Out & { start: boolean, name?: string, port?: number, listen?: string[] }, extensions: CliExtension[] = []): Promise<Invite> {
   const invite = await parseInvite(line)
@@ -95,28 +115,46 @@ export async function cmdJoin (home: string, line: string, opts: Out & { start: 
     if (fresh) await rm(home, { recursive: true, force: true })
     else await writeConfigFile(home, previous ?? {})
   }
-  const onboard = async (node: MeshNode): Promise<void> => {
-    if (invite.once !== undefined) {
-      const reply = await requestRedemption(node.host!, invite.by, invite.boot, invite.once).catch((err: unknown) => {
-        throw new InviteError(`could not reach the inviting agent ${invite.by} to redeem the invite: ${(err as Error).message}`)
-      })
-      if (!reply.ok) throw new InviteError(`the inviting agent refused the invite: ${reply.reason ?? 'no reason given'}`)
-    }
-    if (!opts.json) {
-      console.log(`Joined network ${invite.net}${invite.psk !== undefined ? ' (private mesh)' : ''} as ${result.config.name} (${result.peerId})`)
-      console.log(`  home ${result.home}; bootstrap ${invite.boot.length} address(es) from ${invite.by}`)
-      printOffer(await node.describe(), node.config)
-    }
+  const redeem = async (ask: () => Promise<RedeemResult>): Promise<void> => {
+    const reply = await ask().catch((err: unknown) => {
+      throw new InviteError(`could not reach the inviting agent ${invite.by} to redeem the invite: ${(err as Error).message}`)
+    })
+    if (!reply.ok) throw new InviteError(`the inviting agent refused the invite: ${reply.reason ?? 'no reason given'}`)
+  }
+  const welcome = async (node: MeshNode): Promise<void> => {
+    if (opts.json) return
+    console.log(`Joined network ${invite.net}${invite.psk !== undefined ? ' (private mesh)' : ''} as ${result.config.name} (${result.peerId})`)
+    console.log(`  home ${result.home}; bootstrap ${invite.boot.length} address(es) from ${invite.by}`)
+    printOffer(await node.describe(), node.config)
   }
   try {
     if (opts.start) {
-      await cmdStart(home, {}, extensions, onboard)
+      await cmdStart(home, {}, extensions, async (node) => {
+        if (invite.once !== undefined) await redeem(async () => await requestRedemption(node.host!, invite.by, invite.boot, invite.once!))
+        await welcome(node)
+      })
     } else {
+      // No node runs: the inviter's head must not see a worker that is about to vanish. A single-use
+      // invite needs a connection to redeem it, so a bare libp2p host (no gossip, no presence, no
+      // agent, nothing listening) makes that one call and goes.
       const node = await MeshNode.open({ home })
-      await node.start()
-      try { await onboard(node) } finally { await node.stop() }
-      if (opts.json) printJson({ home: result.home, peerId: result.peerId, networkId: invite.net, bootstrap: invite.boot, privateMesh: invite.psk !== undefined })
-      else console.log('Start it with: clawmesh start' + (opts.name !== undefined ? ` --name ${opts.name}` : ''))
+      try {
+        if (invite.once !== undefined) {
+          const host = await createHost(node.key, { ...node.config, listen: [], announce: [], bootstrap: [], mdns: false, dht: false, nat: { ...node.config.nat, relayClient: false, relays: [], relayServer: false, autonat: false, dcutr: false } })
+          try {
+            await redeem(async () => await requestRedemption(host, invite.by, invite.boot, invite.once!))
+          } finally {
+            await host.stop()
+          }
+        }
+        await welcome(node)
+      } finally {
+        // Not node.stop(): that clears status.json, which belongs to a node that may run from this home.
+        await node.store.close()
+      }
+      const start = startCommand(home, opts.name)
+      if (opts.json) printJson({ home: result.home, peerId: result.peerId, networkId: invite.net, bootstrap: invite.boot, privateMesh: invite.psk !== undefined, start })
+      else console.log(`Start it with: ${start}`)
     }
   } catch (err) {
     await undo()

@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { readdir, stat } from 'node:fs/promises'
-import { basename, join } from 'node:path'
+import { homedir } from 'node:os'
+import { basename, isAbsolute, join, resolve } from 'node:path'
 import type { ModelOnDisk } from '../../protocols/index.ts'
 import type { Store } from '../store/store.ts'
 
@@ -34,9 +35,23 @@ export async function scanModels (dir: string, store: Store, warn: (msg: string)
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
     throw err
   }
+  return await scanModelFiles(names.map((name) => join(dir, name)), store, warn)
+}
+
+/**
+ * Where agent.assemble points: an absolute path, ~/… in the user's home, else a path relative to the
+ * models folder (a bare file name there being the common case).
+ */
+export function resolveModelPath (target: string, modelsDir: string): string {
+  if (target === '~' || target.startsWith('~/')) return join(homedir(), target.slice(1))
+  return isAbsolute(target) ? target : resolve(modelsDir, target)
+}
+
+/** GGUF files given by path (anywhere on disk), catalogued like scanModels' (hashes cached in the store). */
+export async function scanModelFiles (paths: readonly string[], store: Store, warn: (msg: string) => void = () => {}): Promise<ModelOnDisk[]> {
   const models: ModelOnDisk[] = []
-  for (const name of names) {
-    const path = join(dir, name)
+  for (const path of paths) {
+    const name = basename(path)
     try {
       const st = await stat(path)
       if (!st.isFile()) continue

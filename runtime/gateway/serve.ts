@@ -42,6 +42,7 @@ export async function startPaidApi (node: MeshNode, service: ReceiptService, pip
     maxTokensCap: cfg.maxTokensCap,
     onRecorded: async (rec) => { await service.propose(rec) },
     spotChecker,
+    serving: node.serving,
     log: node.log.child('gateway')
   })
   await gateway.start()

@@ -43,6 +43,8 @@ export interface GatewayOptions {
   /** Called once a served request is recorded: ask its workers to sign (ReceiptService.propose). */
   onRecorded?: (rec: RecordedUsage) => Promise<void>
   spotChecker?: SpotChecker
+  /** Where the tokens of each billed request are counted (the node's ServingMeter: board, /metrics). */
+  serving?: { record: (model: string, tokens: number) => void }
   log?: Logger
 }
 
@@ -271,6 +273,7 @@ export class Gateway {
             released = true
           }
         })
+        this.o.serving?.record(route.sha256, prompt + completion)
         if (this.o.onRecorded !== undefined) this.track(this.o.onRecorded(recorded))
         // A prompt array is checked on its first prompt: replaying all of them would double the work.
         if (outcome.error === undefined) this.maybeSpotCheck(path, prompts !== undefined && prompts.length > 1 ? { ...upstreamBody, prompt: prompts[0] } : upstreamBody, contracts)

@@ -13,7 +13,8 @@ import { getContract } from './contracts.ts'
 export class ReceiptCosigner {
   readonly peerId: string
 
-  constructor (private readonly db: SqliteDb, private readonly key: PrivateKey) {
+  /** onSigned: called once per receipt slot newly signed (not for a re-sent proposal), after it is stored. */
+  constructor (private readonly db: SqliteDb, private readonly key: PrivateKey, private readonly onSigned?: (receipt: Receipt) => void) {
     this.peerId = peerIdFromPrivateKey(key).toString()
   }
 
@@ -32,14 +33,16 @@ export class ReceiptCosigner {
     if (proposal.prior < (before?.tokens ?? 0)) throw new ReceiptInvalid(`proposal ${proposal.contract}#${proposal.seq} says ${proposal.prior} tokens were billed before it; we signed for ${before?.tokens ?? 0}`)
     const id = receiptId(proposal)
     const signed = await signAsWorker(this.key, proposal)
-    await this.db.transaction(async (tx) => {
+    const fresh = await this.db.transaction(async (tx) => {
       const slot = await tx.get<{ id: string }>('SELECT id FROM receipts WHERE contract = ? AND seq = ?', [proposal.contract, proposal.seq])
       if (slot !== undefined && slot.id !== id) throw new ReceiptInvalid(`${proposal.contract}#${proposal.seq} was already signed with other terms`)
       if (slot === undefined) {
         await tx.run('INSERT INTO receipts (id, contract, seq, head, worker, tokens, amount, usage_id, status, document, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)',
           [id, proposal.contract, proposal.seq, proposal.head, proposal.worker, proposal.tokens, receiptAmount(proposal), 'cosigned', JSON.stringify(signed), now])
       }
+      return slot === undefined
     })
+    if (fresh) this.onSigned?.(proposal)
     return signed
   }
 }

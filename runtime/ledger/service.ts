@@ -48,7 +48,8 @@ export class ReceiptService {
 
   constructor (private readonly node: MeshNode, opts: ReceiptServiceOptions = {}) {
     this.book = new HeadBook(node.store.db, node.key, opts.hooks)
-    this.cosigner = new ReceiptCosigner(node.store.db, node.key)
+    // A worker counts what it served when it signs for it: the RPC server itself reports no tokens.
+    this.cosigner = new ReceiptCosigner(node.store.db, node.key, (r) => { node.serving.record(r.modelHash, r.tokens) })
     this.log = node.log.child('receipts')
     this.sync = opts.sync === false ? undefined : new ReceiptSync(node, node.log.child('receipt-sync'), opts.sync)
     this.opts = { settleDelayMs: opts.settleDelayMs ?? node.config.gateway?.settleDelayMs ?? 0, proposalTimeoutMs: opts.proposalTimeoutMs ?? 60_000, tickMs: opts.tickMs ?? 250 }

@@ -8,7 +8,7 @@ import { DATABASE_FILE, loadConfig, type Config, type ConfigInput } from '../con
 import { createLogger, type Logger } from '../log.ts'
 import { Store } from '../store/store.ts'
 import { SOFTWARE_VERSION } from '../version.ts'
-import { scanModels } from '../engine/catalog.ts'
+import { resolveModelPath, scanModelFiles, scanModels } from '../engine/catalog.ts'
 import { createHost, type Host, type HostExtras } from './host.ts'
 import { loadOrCreateIdentity } from './identity.ts'
 import { GossipBus } from './gossip.ts'
@@ -186,7 +186,16 @@ export class MeshNode {
   }
 
   async describe (): Promise<Presence> {
-    const models = await scanModels(this.modelsDir, this.store, (msg) => this.log.warn(msg))
+    const warn = (msg: string): void => this.log.warn(msg)
+    const models = await scanModels(this.modelsDir, this.store, warn)
+    // The model agent.assemble names is announced wherever it lives: workers watch the market of the
+    // models heads advertise, so a head that kept it outside modelsDir would call for proposals unheard.
+    const assemble = this.config.agent?.assemble
+    if (assemble !== undefined) {
+      for (const m of await scanModelFiles([resolveModelPath(assemble, this.modelsDir)], this.store, warn)) {
+        if (!models.some((held) => held.sha256 === m.sha256)) models.push(m)
+      }
+    }
     return {
       name: this.config.name,
       software: SOFTWARE_VERSION,
@@ -216,7 +225,8 @@ export class MeshNode {
       state: this.state,
       traffic: this.traffic.counts(),
       memory: { rss: process.memoryUsage().rss },
-      pipelines: this.pipelines.all()
+      pipelines: this.pipelines.all(),
+      serving: { tokens: Object.fromEntries(this.serving.total()), perSecond: Object.fromEntries(this.serving.rates()) }
     }
   }
 

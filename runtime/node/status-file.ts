@@ -28,6 +28,8 @@ export interface NodeStatus {
   memory?: { rss: number }
   /** The head's pipelines by model SHA-256. */
   pipelines?: Record<string, PipelineState>
+  /** Tokens served since this process started, per model sha256 (the node's ServingMeter), and the rate over the last minute. */
+  serving?: { tokens: Record<string, number>, perSecond: Record<string, number> }
 }
 
 export const STATUS_FILE = 'status.json'

@@ -112,8 +112,8 @@ export async function runMeshScenario (s: Scenario, opts: MeshRunOptions = {}): 
         networkId: `sim-${s.name}`,
         presenceIntervalMs: 1000,
         bootstrap: parts.length === 0 ? [] : parts[0].node.multiaddrs(),
+        priceFloor: member.floor,
         agent: {
-          floor: member.floor,
           ceiling: s.heads.ceiling,
           budget: s.heads.budget,
           maxDeals: member.head || lendable === 0 ? 0 : s.owners.maxDeals,

@@ -44,7 +44,8 @@ export class EnginePipelineRunner implements PipelineRunner {
         assignments: sorted.map((c) => ({ worker: c.doc.worker, start: c.doc.start, end: c.doc.end, contractId: contractId(c.doc) })),
         headLayers: sorted[0]?.doc.start ?? 0,
         llamaServerBin: this.opts.llamaServerBin ?? (await ensureLlamaBuild()).llamaServer,
-        threads: this.opts.threads,
+        // config.json engine.threads: the owner sizes llama-server to the machine.
+        threads: this.opts.threads ?? this.node.config.engine?.threads,
         ctxSize: this.opts.ctxSize,
       });
     } catch (err) {

@@ -12,7 +12,7 @@ export const ServeSliceInput = z.object({
   action: z.enum(['start', 'stop', 'status']).default('start')
     .describe('start: serve contracted heads (idempotent); stop: stop serving and free the rpc-servers; status: what is being served'),
   threads: z.number().int().min(1).max(256).optional()
-    .describe('CPU threads per rpc-server (default: llama.cpp default); only used by start'),
+    .describe('CPU threads per rpc-server (default: config.json engine.threads, else llama.cpp default); only used by start'),
 });
 export type ServeSliceInput = z.infer<typeof ServeSliceInput>;
 
@@ -55,7 +55,7 @@ export class ServeSlice {
       }
       if (action === 'start' && this.worker === undefined) {
         const bin = this.deps.rpcServerBin ?? (await ensureLlamaBuild()).rpcServer;
-        this.worker = await SliceWorker.start({ node: this.deps.node, rpcServerBin: bin, threads: input.threads, cacheDir: this.deps.cacheDir });
+        this.worker = await SliceWorker.start({ node: this.deps.node, rpcServerBin: bin, threads: input.threads ?? this.deps.node.config.engine?.threads, cacheDir: this.deps.cacheDir });
       }
       return await this.describe();
     } catch (err) {

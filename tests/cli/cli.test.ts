@@ -1,9 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { existsSync } from 'node:fs'
+import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { CliProcess, cliEnv, runCli, runJson } from '../helpers/cli.ts'
 import { tempDir, waitFor } from '../helpers/mesh.ts'
-import { readLiveStatus } from '../../runtime/node/status-file.ts'
+import { isAlive, readLiveStatus } from '../../runtime/node/status-file.ts'
+import { SqliteDb } from '../../runtime/store/sqlite.ts'
+import { DEFAULT_PRICE_FLOOR } from '../../runtime/config.ts'
 
 const LOOPBACK = ['--listen', '/ip4/127.0.0.1/tcp/0']
 
@@ -25,13 +28,17 @@ describe('the clawmesh CLI', () => {
   })
 
   it('has --help on every command', async () => {
-    const commands = ['init', 'start', 'status', 'peers', 'invite', 'join', 'board', 'demo']
-    const results = await Promise.all(commands.map(async (cmd) => await runCli([cmd, '--help'], env)))
+    const commands = ['init', 'start', 'stop', 'status', 'peers', 'invite', 'join', 'board', 'demo']
+    // Three at a time: nine tsx start-ups at once on a busy 2-core machine ran past runCli's timeout.
+    const results: Awaited<ReturnType<typeof runCli>>[] = []
+    for (let i = 0; i < commands.length; i += 3) {
+      results.push(...await Promise.all(commands.slice(i, i + 3).map(async (cmd) => await runCli([cmd, '--help'], env, 60_000))))
+    }
     results.forEach((r, i) => {
       expect(r.code, commands[i]).toBe(0)
       expect(r.stdout).toMatch(new RegExp(`Usage: clawmesh ${commands[i]}`))
     })
-  })
+  }, 180_000)
 
   it('explains what is missing instead of failing obscurely', async () => {
     const r = await runCli(['status', '--name', 'nobody'], env)
@@ -95,7 +102,7 @@ describe('the clawmesh CLI', () => {
     expect(once.singleUse).toBe(true)
     const first = await runCli(['join', once.invite, '--name', 'erin', '--no-start', ...LOOPBACK], env)
     expect(first.code, first.stderr).toBe(0)
-    expect(first.stdout).toMatch(/Joined network clawmesh[\s\S]*This agent will offer:[\s\S]*floor\s+1 credits/)
+    expect(first.stdout).toMatch(new RegExp(`Joined network clawmesh[\\s\\S]*This agent will offer:[\\s\\S]*floor\\s+${DEFAULT_PRICE_FLOOR} credits`))
     const again = await runCli(['join', once.invite, '--name', 'frank', '--no-start', ...LOOPBACK], env)
     expect(again.code).toBe(1)
     expect(again.stderr).toMatch(/already used by another agent/)
@@ -110,5 +117,89 @@ describe('the clawmesh CLI', () => {
     expect(late.code).toBe(1)
     expect(late.stderr).toMatch(/expired/)
     expect(await carol.stop()).toBe(0)
+  }, 180_000)
+
+  it('init creates the database with its tables, and keys create says when the key is useless', async () => {
+    const init = await runJson<{ home: string, database: string, createdDatabase: boolean, start: string }>(['init', '--name', 'ivy', ...LOOPBACK], env)
+    expect(init.database).toBe(join(dir.path, 'ivy', 'clawmesh.db'))
+    expect(init.createdDatabase).toBe(true)
+    expect(init.start).toBe('clawmesh start --name ivy')
+    const db = await SqliteDb.open(init.database)
+    try {
+      expect((await db.get<{ version: number }>("SELECT version FROM schema_migrations WHERE namespace = 'runtime'"))?.version).toBeGreaterThanOrEqual(2)
+      expect(await db.get<{ n: number }>('SELECT COUNT(*) AS n FROM api_keys')).toEqual({ n: 0 })
+    } finally {
+      await db.close()
+    }
+    expect((await runJson<{ createdDatabase: boolean }>(['init', '--name', 'ivy'], env)).createdDatabase).toBe(false)
+
+    const useless = await runCli(['keys', 'create', '--name', 'ivy', '--credits', '10'], env)
+    expect(useless.code, useless.stderr).toBe(0)
+    expect(useless.stdout).toMatch(/secret\s+cm_/)
+    expect(useless.stderr).toMatch(/has no "gateway" section[\s\S]*useless[\s\S]*"gateway": \{/)
+    const config = join(dir.path, 'ivy', 'config.json')
+    await writeFile(config, JSON.stringify({ ...JSON.parse(await readFile(config, 'utf8')), gateway: { port: 0 } }))
+    const useful = await runCli(['keys', 'create', '--name', 'ivy', '--credits', '10', '--json'], env)
+    expect(useful.code, useful.stderr).toBe(0)
+    expect(useful.stderr).not.toMatch(/gateway/)
+  })
+
+  it('join --no-start starts no node (a single-use invite is redeemed without one), prints the start command for --home; clawmesh stop stops it; a taken port is explained', async () => {
+    await runJson(['init', '--name', 'hub', ...LOOPBACK], env)
+    const hub = new CliProcess(['start', '--name', 'hub'], env)
+    procs.push(hub)
+    await hub.waitForOutput(/is up/)
+    await waitFor('hub status file', async () => (await readLiveStatus(join(dir.path, 'hub'))) !== undefined, 15_000, 100)
+    const hubStatus = (): Promise<Status> => runJson<Status>(['status', '--name', 'hub'], env)
+    const hubPeers = (): Promise<Peer[]> => runJson<Peer[]>(['peers', '--name', 'hub'], env)
+
+    // A plain invite: nothing connects to the inviter at all.
+    const { invite } = await runJson<{ invite: string }>(['invite', '--name', 'hub'], env)
+    const w1Home = join(dir.path, 'elsewhere', 'w1')
+    const plain = await runCli(['join', invite, '--home', w1Home, '--no-start', ...LOOPBACK], env)
+    expect(plain.code, plain.stderr).toBe(0)
+    const hint = /Start it with: (clawmesh start .*)/.exec(plain.stdout)
+    expect(hint?.[1]).toBe(`clawmesh start --home ${w1Home}`)
+    const w1 = await runJson<Status>(['status', '--home', w1Home], env)
+    expect(w1.running).toBe(false)
+    await new Promise((resolve) => setTimeout(resolve, 1500)) // three heartbeats of a node, had one run
+    expect((await hubPeers()).some((p) => p.peerId === w1.peerId)).toBe(false)
+
+    // A single-use invite is redeemed over a bare connection: the inviter never hears a heartbeat.
+    const once = await runJson<{ invite: string }>(['invite', '--name', 'hub', '--once'], env)
+    const w2 = await runCli(['join', once.invite, '--name', 'w2', '--no-start', ...LOOPBACK], env)
+    expect(w2.code, w2.stderr).toBe(0)
+    expect(w2.stdout).toMatch(/Start it with: clawmesh start --name w2$/m)
+    const w2Id = (await runJson<Status>(['status', '--name', 'w2'], env)).peerId
+    await new Promise((resolve) => setTimeout(resolve, 1500))
+    expect((await hubStatus()).live!.presentPeers).toBe(0)
+    expect((await hubPeers()).find((p) => p.peerId === w2Id)?.presence ?? null).toBeNull()
+    const reused = await runCli(['join', once.invite, '--name', 'w3', '--no-start', ...LOOPBACK], env)
+    expect(reused.stderr).toMatch(/already used by another agent/)
+
+    // The printed command works, and clawmesh stop ends the node it started (and waits for it).
+    const started = new CliProcess(hint![1].split(' ').slice(1), env)
+    procs.push(started)
+    await started.waitForOutput(/is up/)
+    await waitFor('w1 status file', async () => (await readLiveStatus(w1Home)) !== undefined, 15_000, 100)
+    const pid = (await readLiveStatus(w1Home))!.pid
+    await waitFor('the hub to hear w1', async () => (await hubStatus()).live!.presentPeers === 1, 20_000, 200)
+    const stop = await runJson<{ wasRunning: boolean, pid: number }>(['stop', '--home', w1Home], env)
+    expect(stop).toMatchObject({ wasRunning: true, pid })
+    expect(isAlive(pid)).toBe(false)
+    expect(await started.exited).toBe(0)
+    expect(started.stderr).toMatch(/received SIGTERM/)
+    const again = await runCli(['stop', '--home', w1Home], env)
+    expect(again.code).toBe(0)
+    expect(again.stdout).toMatch(/No node is running/)
+
+    // Two nodes on one port: one line that says what to change, not libp2p's stack trace.
+    const port = /\/tcp\/(\d+)\//.exec((await readLiveStatus(join(dir.path, 'hub')))!.addrs[0])![1]
+    await runJson(['init', '--name', 'twin'], env)
+    const twin = await runCli(['start', '--name', 'twin', '--listen', `/ip4/127.0.0.1/tcp/${port}`], env)
+    expect(twin.code).toBe(1)
+    expect(twin.stderr).toMatch(new RegExp(`port ${port} is in use \\(another clawmesh node\\?\\) — set listen in config.json or --port`))
+    expect(twin.stderr).not.toMatch(/faultTolerance|    at /)
+    expect(await hub.stop()).toBe(0)
   }, 180_000)
 })

@@ -1,6 +1,7 @@
 // The agent's engine tools, called the way the LangGraph agent calls them (tool.invoke with JSON
 // input): serve_slice on two workers, run_pipeline on the head over the contracts in its database,
 // with layer 0 left on the head's CPU because no contract covers it.
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,8 +30,9 @@ let serves: ServeSlice[] = [];
 beforeAll(async () => {
   await generateTestModel({ path: modelPath, seed: 77, ...preset });
   outcome = await llamaBuildOrSkip();
-  head = await openNode(join(dir, 'head'), 'head');
-  workers = [await openNode(join(dir, 'w0'), 'w0'), await openNode(join(dir, 'w1'), 'w1')];
+  // engine.threads in config.json sizes the rpc-servers and llama-server that the tools start.
+  head = await openNode(join(dir, 'head'), 'head', { engine: { threads: 1 } });
+  workers = [await openNode(join(dir, 'w0'), 'w0', { engine: { threads: 1 } }), await openNode(join(dir, 'w1'), 'w1', { engine: { threads: 1 } })];
   await Promise.all([head, ...workers].map((n) => n.start()));
   for (const w of workers) await head.host!.dial(w.host!.getMultiaddrs()[0]);
 }, 45 * 60_000);
@@ -40,6 +42,17 @@ afterAll(async () => {
   await stopAll([head, ...workers].filter(Boolean));
   rmSync(dir, { recursive: true, force: true });
 });
+
+/** Argument lists of this process's children running `bin` (ps -o works on Linux and macOS). */
+function childArgs(bin: string): string[][] {
+  return execFileSync('ps', ['-A', '-o', 'ppid=,args='], { encoding: 'utf8' })
+    .split('\n')
+    .map((line) => /^\s*(\d+)\s+(.*)$/.exec(line))
+    .filter((m): m is RegExpExecArray => m !== null && Number(m[1]) === process.pid && m[2].startsWith(bin))
+    .map((m) => m[2].split(/\s+/));
+}
+
+const threadsArg = (args: string[]): string | undefined => args[args.indexOf('-t') + 1];
 
 function buildOrSkip(ctx: TestContext): LlamaBuild {
   if ('skip' in outcome) ctx.skip(outcome.skip);
@@ -60,13 +73,15 @@ describe('engine skills', () => {
       await insertContractRow(head.store, c); // the market leaves the same signed contract in both databases
     }
     for (const [i, s] of serves.entries()) {
-      const text = await s.tool.invoke({ action: 'start', threads: 1 });
+      const text = await s.tool.invoke({ action: 'start' });
       expect(text).toMatch(new RegExp(`serving slices .* 1 active contract\\(s\\) \\(model ${sha.slice(0, 12)} layers \\[${ranges[i][0]},${ranges[i][1]}\\)`));
     }
 
     const started = await rp.tool.invoke({ action: 'start', model: modelPath });
     expect(started).toMatch(/^pipeline running for .*\[0,1\) on this machine\): OpenAI API at http:\/\/127\.0\.0\.1:\d+\/v1/);
     const p = rp.pipeline!;
+    // One rpc-server per contract, each with the workers' engine.threads (rpc-server has no -t otherwise).
+    expect(childArgs(build.rpcServer).map(threadsArg)).toEqual(['1', '1']);
     expect(p.split.args).toEqual(['-ngl', String(preset.nLayer), '--tensor-split', `2,${preset.nLayer - 3 + 1}`]);
     const prompt = 'The capital of France is';
     const one = await runCompletion({ bin: build.completion, model: modelPath, prompt, nPredict: 12, extraArgs: ['-ngl', '0', '--no-repack'] }); // the layout rpc-servers compute on (see llama-split.test.ts)
@@ -79,9 +94,11 @@ describe('engine skills', () => {
 
     // The agent layer's PipelineRunner interface (skills/assembly) over the same signed contracts.
     const signed = (await new ContractBook(head.store).activeFor({ head: head.peerId.toString(), modelSha256: sha })).map((c) => JSON.parse(c.document) as SignedContract);
-    const runner = new EnginePipelineRunner(head, { llamaServerBin: build.llamaServer, threads: 1 });
+    const runner = new EnginePipelineRunner(head, { llamaServerBin: build.llamaServer });
     const pipeline = await runner.run(signed, { sha256: sha, name: 'tiny', nLayer: preset.nLayer, layerBytes: 1, path: modelPath });
     try {
+      // The head's engine.threads, not llama-server's default of 2.
+      expect(childArgs(build.llamaServer).map(threadsArg)).toEqual(['1']);
       expect(await pipeline.complete(prompt, { maxTokens: 12 })).toBe(one.text);
     } finally {
       await pipeline.stop();

@@ -159,8 +159,8 @@ describe('the OpenClaw skill package', () => {
     it('runs each one', async () => {
       const commands = [...new Set([...mentionedCommands(skill), ...mentionedCommands(heartbeat)])]
       expect(commands.length).toBeGreaterThan(5)
-      // The joining agent is NAME and the host already runs: join, then start NAME, then the rest.
-      const first = (c: string): number => c.startsWith('clawmesh join') ? 0 : c.startsWith('clawmesh start') ? 1 : 2
+      // The joining agent is NAME and the host already runs: join, then start NAME, then the rest, and stop last.
+      const first = (c: string): number => c.startsWith('clawmesh join') ? 0 : c.startsWith('clawmesh start') ? 1 : c.startsWith('clawmesh stop') ? 3 : 2
       const ordered = [...commands].sort((a, b) => first(a) - first(b))
       const seen: string[] = []
       for (const line of ordered) {
@@ -180,7 +180,7 @@ describe('the OpenClaw skill package', () => {
         if (args.includes('--json')) expect(() => JSON.parse(r.stdout), line).not.toThrow()
         seen.push(args[0])
       }
-      expect(seen).toEqual(expect.arrayContaining(['join', 'start', 'invite', 'status', 'peers', 'init']))
+      expect(seen).toEqual(expect.arrayContaining(['join', 'start', 'invite', 'status', 'peers', 'init', 'stop']))
     }, 240_000)
   })
 })
