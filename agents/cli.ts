@@ -53,15 +53,22 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
   // `model` picks the pipeline; one place counts each key's reservations), kept across re-assemblies
   // (clients keep their URL) and pointed at each model's current pipeline.
   let gateway: Promise<Gateway | undefined> | undefined
+  const announced = new Set<string>()
+  // Once per model: the owner (and scripts) learn the URL and the `model` id clients send.
+  const announce = (g: Gateway, model: string): void => {
+    if (announced.has(model)) return
+    announced.add(model)
+    console.log(`Paid API for ${model}: ${g.url}/v1 (clawmesh keys create --credits N makes a key)`)
+  }
   bot.onAssembled((a) => {
     if (node.config.gateway === undefined || a.pipeline?.url === undefined) return
     const route = { upstream: a.pipeline.url, contractIds: a.contracts.map((c) => contractId(c.doc)), modelSha256: a.model.sha256, modelName: a.model.name }
     if (gateway !== undefined) {
-      void gateway.then((g) => { g?.serve(route) })
+      void gateway.then((g) => { if (g !== undefined) { g.serve(route); announce(g, a.model.name) } })
       return
     }
     gateway = startPaidApi(node, receipts, { url: route.upstream, contractIds: route.contractIds, modelSha256: route.modelSha256, modelName: route.modelName }).then((g) => {
-      console.log(`Paid API: ${g.url}/v1 (clawmesh keys create --credits N makes a key)`)
+      announce(g, a.model.name)
       return g
     }, (err: unknown) => {
       node.log.warn('the paid API did not start', { error: (err as Error).message })
