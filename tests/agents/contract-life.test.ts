@@ -37,7 +37,6 @@ describe('contracts and pipelines after a failure', () => {
     model = await makeTestModel(join(tmp.path, 'models'), 8)
     mesh = await startBotMesh(join(tmp.path, 'mesh'), 4, model, {
       layersEach: 4,
-      agent: () => ({ budget: 40 }),
       bot: (i) => ({ runner: i === 0 ? runner : undefined })
     })
     await mesh.bots[0].assemble(model)
