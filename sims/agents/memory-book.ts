@@ -88,10 +88,11 @@ export class MemoryBook extends NegotiationBook {
     if (c !== undefined) c.status = status
   }
 
-  override async contracts (q: { model?: string, head?: string, worker?: string, status?: string, cfpId?: string, lapsedBy?: number } = {}): Promise<StoredContract[]> {
+  override async contracts (q: { id?: string, model?: string, head?: string, worker?: string, status?: string, cfpId?: string, lapsedBy?: number } = {}): Promise<StoredContract[]> {
     const out: Array<StoredContract & { order: number }> = []
     for (const c of this.cons.values()) {
       const d = c.signed.doc
+      if (q.id !== undefined && c.id !== q.id) continue
       if (q.model !== undefined && d.model !== q.model) continue
       if (q.head !== undefined && d.head !== q.head) continue
       if (q.worker !== undefined && d.worker !== q.worker) continue

@@ -165,12 +165,7 @@ export class NegotiationBook {
   async endLapsedContracts (now = Date.now()): Promise<StoredContract[]> {
     // Every agent runs this each housekeeping round: let sqlite find the few lapsed ones.
     const lapsed = await this.contracts({ status: 'active', lapsedBy: now })
-    for (const c of lapsed) {
-      // Threads first: interrupted between the two, the contract is still active and the next sweep redoes both.
-      await this.db.run("UPDATE market_threads SET status = 'expired', updated_at = ? WHERE cfp_id = ? AND peer IN (?, ?) AND status = 'contracted'",
-        [now, c.cfpId, c.signed.doc.head, c.signed.doc.worker])
-      await this.db.run("UPDATE contracts SET status = 'ended' WHERE id = ? AND status = 'active'", [c.id])
-    }
+    for (const c of lapsed) await this.closeContract(c, 'ended', now)
     return lapsed
   }
 
@@ -180,12 +175,18 @@ export class NegotiationBook {
    * Returns the contract when it was active until now, undefined when it was not (nothing changes).
    */
   async endContract (id: string, status: 'broken' | 'ended', now = Date.now()): Promise<StoredContract | undefined> {
-    const c = (await this.contracts({ status: 'active' })).find((x) => x.id === id)
+    const [c] = await this.contracts({ id, status: 'active' })
     if (c === undefined) return undefined
+    await this.closeContract(c, status, now)
+    return c
+  }
+
+  /** One active contract stops binding: its thread leaves `contracted`, then the contract leaves `active`. */
+  private async closeContract (c: StoredContract, status: 'broken' | 'ended', now: number): Promise<void> {
+    // Threads first: interrupted between the two, the contract is still active and the next sweep redoes both.
     await this.db.run("UPDATE market_threads SET status = 'expired', updated_at = ? WHERE cfp_id = ? AND peer IN (?, ?) AND status = 'contracted'",
       [now, c.cfpId, c.signed.doc.head, c.signed.doc.worker])
-    await this.db.run("UPDATE contracts SET status = ? WHERE id = ? AND status = 'active'", [status, id])
-    return c
+    await this.db.run("UPDATE contracts SET status = ? WHERE id = ? AND status = 'active'", [status, c.id])
   }
 
   async setContractStatus (id: string, status: 'active' | 'broken' | 'ended'): Promise<void> {
@@ -193,9 +194,10 @@ export class NegotiationBook {
   }
 
   /** Contracts matching every given field; `lapsedBy`: only those whose term ended by then. */
-  async contracts (q: { model?: string, head?: string, worker?: string, status?: string, cfpId?: string, lapsedBy?: number } = {}): Promise<StoredContract[]> {
+  async contracts (q: { id?: string, model?: string, head?: string, worker?: string, status?: string, cfpId?: string, lapsedBy?: number } = {}): Promise<StoredContract[]> {
     const where: string[] = []
     const params: unknown[] = []
+    if (q.id !== undefined) { where.push('id = ?'); params.push(q.id) }
     if (q.model !== undefined) { where.push('model_sha256 = ?'); params.push(q.model) }
     if (q.head !== undefined) { where.push('head = ?'); params.push(q.head) }
     if (q.worker !== undefined) { where.push('worker = ?'); params.push(q.worker) }

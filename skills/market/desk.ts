@@ -338,7 +338,7 @@ export class MarketDesk {
   private async onContractEnd (env: Envelope<ContractEnd>): Promise<void> {
     const m = env.body
     if (m.to !== this.me) return
-    const c = (await this.book.contracts({ cfpId: m.cfpId })).find((x) => x.id === m.contractId)
+    const [c] = await this.book.contracts({ id: m.contractId, cfpId: m.cfpId })
     if (c === undefined) return
     const { head, worker } = c.signed.doc
     // Only the other party may end it: the envelope's author is authenticated, the body's claims are not.
