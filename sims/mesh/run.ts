@@ -233,10 +233,12 @@ export async function runMeshScenario (s: Scenario, opts: MeshRunOptions = {}): 
     const inFlight = new Set<Promise<void>>()
     while (Date.now() - tDemand < demandMs) {
       if (nextChurn < churnAt.length && Date.now() - tDemand >= churnAt[nextChurn]) {
-        nextChurn++
-        const crash = churnRng.uniform(0, churnRate) < s.churn.crashPerHour
+        // A churn event waits for a worker that serves a head (a head between pipelines has none):
+        // dropping it instead left a run without the crash its scenario asked for.
         const victim = await pickVictim(heads, parts, churnRng)
         if (victim !== undefined) {
+          nextChurn++
+          const crash = churnRng.uniform(0, churnRate) < s.churn.crashPerHour
           const { part, head } = victim
           const hi = heads.indexOf(head)
           const at = Date.now()
