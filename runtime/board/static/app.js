@@ -86,6 +86,31 @@ async function render () {
   }
 }
 
+/** Is the owner typing in the view (a field, or a form they are about to submit)? */
+function typing () {
+  const focus = document.activeElement
+  return focus !== null && $('view').contains(focus) && (focus.matches('input, textarea, select') || focus.closest('form') !== null)
+}
+
+let deferred = false
+/**
+ * Never re-render under the owner's fingers: a half-typed token, policy or search would be wiped, and a button
+ * replaced between press and release never fires. A render that comes while they type waits until the focus leaves
+ * the field and its form (a submit renders at once through ctx.refresh).
+ */
+function renderWhenFree () {
+  if (!typing()) { void render(); return }
+  if (deferred) return
+  deferred = true
+  const check = () => setTimeout(() => {
+    if (typing()) return
+    $('view').removeEventListener('focusout', check)
+    deferred = false
+    void render()
+  }, 0)
+  $('view').addEventListener('focusout', check)
+}
+
 function connect () {
   const events = new EventSource('/api/events')
   events.addEventListener('open', () => { $('live').classList.add('on'); $('live-text').textContent = 'live' })
@@ -94,13 +119,7 @@ function connect () {
     const { topics } = JSON.parse(e.data)
     if (topics.includes('mesh') || topics.includes('agent')) void renderMe()
     if (!topics.some((t) => VIEWS[current]?.topics.includes(t))) return
-    // Never re-render under the owner's fingers: a half-typed policy or search would be wiped.
-    const focus = document.activeElement
-    if (focus && $('view').contains(focus) && focus.matches('input, textarea, select')) {
-      focus.addEventListener('blur', () => { void render() }, { once: true })
-      return
-    }
-    void render()
+    renderWhenFree()
   })
 }
 
@@ -109,5 +128,5 @@ void renderMe()
 void render()
 connect()
 // Relative times ("12s ago") age even when nothing changes.
-setInterval(() => { if (!document.hidden && VIEWS[current]?.ticks) void render() }, 10_000)
+setInterval(() => { if (!document.hidden && VIEWS[current]?.ticks) renderWhenFree() }, 10_000)
 export { esc }
