@@ -32,23 +32,43 @@ export type GgufValue =
 /** Array items are bare values; nested arrays keep their own item type. */
 export type GgufArrayItem = number | bigint | boolean | string | { itemType: GgufType; value: GgufArrayItem[] };
 
-/** Subset of ggml_type ids this project writes or needs to size. */
+/** The ggml_type ids this project writes or copies (stage files carry a model's tensors as they are). */
 export enum GgmlType {
   F32 = 0,
   F16 = 1,
+  Q4_0 = 2,
+  Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
   Q8_0 = 8,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+  BF16 = 30,
 }
 
 /** Bytes per block and elements per block, so sizes work for block-quantised types too. */
 export const GGML_TYPE_LAYOUT: Record<GgmlType, { blockBytes: number; blockElems: number }> = {
   [GgmlType.F32]: { blockBytes: 4, blockElems: 1 },
   [GgmlType.F16]: { blockBytes: 2, blockElems: 1 },
+  [GgmlType.Q4_0]: { blockBytes: 18, blockElems: 32 },
+  [GgmlType.Q4_1]: { blockBytes: 20, blockElems: 32 },
+  [GgmlType.Q5_0]: { blockBytes: 22, blockElems: 32 },
+  [GgmlType.Q5_1]: { blockBytes: 24, blockElems: 32 },
   [GgmlType.Q8_0]: { blockBytes: 34, blockElems: 32 },
+  [GgmlType.Q2_K]: { blockBytes: 84, blockElems: 256 },
+  [GgmlType.Q3_K]: { blockBytes: 110, blockElems: 256 },
+  [GgmlType.Q4_K]: { blockBytes: 144, blockElems: 256 },
+  [GgmlType.Q5_K]: { blockBytes: 176, blockElems: 256 },
+  [GgmlType.Q6_K]: { blockBytes: 210, blockElems: 256 },
+  [GgmlType.BF16]: { blockBytes: 2, blockElems: 1 },
 };
 
 export function tensorByteLength(type: GgmlType, dims: readonly number[]): number {
   const layout = GGML_TYPE_LAYOUT[type];
-  if (!layout) throw new Error(`unsupported ggml type ${type}`);
+  if (!layout) throw new Error(`unsupported ggml type ${type} (known: ${Object.keys(GGML_TYPE_LAYOUT).join(', ')})`);
   const n = dims.reduce((a, b) => a * b, 1);
   if (dims[0] % layout.blockElems !== 0) {
     throw new Error(`ggml type ${GgmlType[type]} needs dim 0 (${dims[0]}) divisible by ${layout.blockElems}`);

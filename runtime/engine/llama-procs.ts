@@ -56,7 +56,7 @@ function tailCollector(child: ChildProcess, max = 40) {
   return lines;
 }
 
-function stopChild(child: ChildProcess, graceMs = 3000): Promise<void> {
+export function stopChild(child: ChildProcess, graceMs = 3000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
     const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);

@@ -1,0 +1,238 @@
+// The head's side of the chain engine: tokens → ends (embeddings) → stage 1 → … → stage k → ends
+// (sampling). Logits never leave the head; only hidden states travel. Sequences in flight share
+// each pass (continuous batching: one eval carries a row per decoding sequence and chunks of new
+// prompts), and the sequences are dealt into `lanes` groups that step independently, so while one
+// lane's pass is inside stage 2 another's is inside stage 1 and the stages do not idle.
+//
+// The head keeps every sequence's tokens: when the path fails mid-generation (a stage died), a
+// caller-supplied `repair` builds a new path and the head re-prefills each sequence's tokens on it,
+// then carries on; greedy output is the same as if nothing had happened.
+import { StageError, type SamplerParams, type StageProcess } from './stage-proc.js';
+
+/** A route through all the model's layers: the head hands it rows and gets the last layer's output. */
+export interface ChainPath {
+  forward(seqs: Int32Array, positions: Int32Array, hidden: Float32Array): Promise<Float32Array>;
+  /** Forgets a sequence's KV cache on every stage (a finished request frees its slot). */
+  drop(seq: number): Promise<void>;
+  close(): Promise<void>;
+  /** Bytes sent and received per link so far (for the benchmark's bytes per token per link). */
+  traffic?(): Array<{ link: string; sent: number; received: number }>;
+}
+
+/** The stages on one machine, called in order: for tests and as the one-hop reference. */
+export class LocalPath implements ChainPath {
+  constructor(private readonly stages: StageProcess[]) {}
+  async forward(seqs: Int32Array, positions: Int32Array, hidden: Float32Array): Promise<Float32Array> {
+    let h = hidden;
+    for (const s of this.stages) h = await s.eval(seqs, positions, h);
+    return h;
+  }
+  async drop(seq: number): Promise<void> {
+    await Promise.all(this.stages.filter((s) => s.alive).map((s) => s.seqRm(seq)));
+  }
+  async close(): Promise<void> {}
+}
+
+export interface ChainRequest {
+  prompt: Int32Array;
+  maxTokens: number;
+  sampling: SamplerParams;
+  /** Called with each new token as it is sampled. */
+  onToken?: (token: number) => void;
+  signal?: AbortSignal;
+}
+
+export interface ChainResult {
+  tokens: number[];
+  finish: 'stop' | 'length' | 'aborted';
+  /** Times the path failed under this request and was repaired (the request still completed). */
+  repairs: number;
+}
+
+export interface ChainEngineOptions {
+  ends: StageProcess;
+  path: ChainPath;
+  /** Sequence slots every stage was started with (--seqs). */
+  slots: number;
+  /** Rows per pass (--batch of every process). */
+  batch: number;
+  /** Groups of sequences stepping independently; 2 keeps a 2-stage chain busy, more for longer chains. */
+  lanes?: number;
+  /** Builds a fresh path after a failure (say, a stage was killed); undefined: failures end the requests. */
+  repair?: (failed: ChainPath, err: Error) => Promise<ChainPath>;
+  /** Context length of the stages: a sequence that would pass it ends with finish 'length'. */
+  ctx?: number;
+}
+
+interface Seq {
+  slot: number;
+  req: ChainRequest;
+  /** Prompt then generated tokens: what a repaired path is re-filled with. */
+  tokens: number[];
+  /** Tokens already in the path's KV cache for this slot. */
+  cached: number;
+  generated: number[];
+  lane: number;
+  done: (r: ChainResult) => void;
+  fail: (e: Error) => void;
+  repairs: number;
+  finished: boolean;
+}
+
+export class ChainEngine {
+  private path: ChainPath;
+  private readonly free: number[];
+  private readonly waiting: Seq[] = [];
+  private readonly active = new Map<number, Seq>();
+  private readonly running = new Set<number>(); // lanes with a loop going
+  private repairing: Promise<void> | undefined;
+  private readonly lanes: number;
+  private closed = false;
+
+  constructor(private readonly o: ChainEngineOptions) {
+    this.path = o.path;
+    this.free = Array.from({ length: o.slots }, (_, i) => o.slots - 1 - i);
+    this.lanes = Math.max(1, o.lanes ?? 2);
+  }
+
+  /** Generates for one request; resolves when it ends (stop token, max tokens or abort). */
+  generate(req: ChainRequest): Promise<ChainResult> {
+    if (this.closed) return Promise.reject(new StageError('chain engine is closed'));
+    if (req.prompt.length === 0) return Promise.reject(new StageError('empty prompt'));
+    return new Promise((done, fail) => {
+      this.waiting.push({ slot: -1, req, tokens: [...req.prompt], cached: 0, generated: [], lane: 0, done, fail, repairs: 0, finished: false });
+      this.admit();
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const s of [...this.waiting, ...this.active.values()]) s.fail(new StageError('chain engine closed'));
+    this.waiting.length = 0;
+    this.active.clear();
+    await this.path.close();
+  }
+
+  private admit(): void {
+    while (this.waiting.length > 0 && this.free.length > 0) {
+      const s = this.waiting.shift()!;
+      s.slot = this.free.pop()!;
+      s.lane = this.leastBusyLane();
+      this.active.set(s.slot, s);
+      void this.o.ends.setSampler(s.slot, s.req.sampling).catch((e: Error) => this.finish(s, undefined, e));
+      this.kick(s.lane);
+    }
+  }
+
+  private leastBusyLane(): number {
+    const load = new Array<number>(this.lanes).fill(0);
+    for (const s of this.active.values()) load[s.lane]++;
+    return load.indexOf(Math.min(...load));
+  }
+
+  private kick(lane: number): void {
+    if (this.running.has(lane)) return;
+    this.running.add(lane);
+    void this.loop(lane).finally(() => {
+      this.running.delete(lane);
+      if ([...this.active.values()].some((s) => s.lane === lane)) this.kick(lane);
+    });
+  }
+
+  private async loop(lane: number): Promise<void> {
+    for (;;) {
+      if (this.repairing) await this.repairing;
+      const mine = [...this.active.values()].filter((s) => s.lane === lane && !s.finished);
+      if (mine.length === 0) return;
+      const rows: Array<{ s: Seq; token: number; pos: number; sample: boolean }> = [];
+      // Decoding sequences first (one row each, latency matters), then prompt chunks fill the rest.
+      for (const s of mine) {
+        if (s.req.signal?.aborted) { this.finish(s, 'aborted'); continue; }
+        if (s.tokens.length - s.cached === 1 && rows.length < this.o.batch) rows.push({ s, token: s.tokens[s.cached], pos: s.cached, sample: true });
+      }
+      for (const s of mine) {
+        const left = s.tokens.length - s.cached;
+        if (s.finished || left <= 1) continue;
+        const take = Math.min(this.o.batch - rows.length, left);
+        for (let i = 0; i < take; i++) rows.push({ s, token: s.tokens[s.cached + i], pos: s.cached + i, sample: s.cached + i === s.tokens.length - 1 });
+      }
+      if (rows.length === 0) return;
+      const path = this.path;
+      try {
+        const hidden = await this.o.ends.embed(Int32Array.from(rows.map((r) => r.token)));
+        const out = await path.forward(Int32Array.from(rows.map((r) => r.s.slot)), Int32Array.from(rows.map((r) => r.pos)), hidden);
+        if (path !== this.path) continue; // repaired meanwhile: these rows are filled again on the new path
+        for (const r of rows) r.s.cached = Math.max(r.s.cached, r.pos + 1);
+        const pick = rows.filter((r) => r.sample);
+        if (pick.length === 0) continue;
+        const n = this.o.ends.info.n_embd;
+        const sel = new Float32Array(pick.length * n);
+        pick.forEach((r, i) => sel.set(out.subarray(rows.indexOf(r) * n, rows.indexOf(r) * n + n), i * n));
+        const toks = await this.o.ends.sample(Uint32Array.from(pick.map((r) => r.s.slot)), sel);
+        const eog = await this.endsGeneration(toks);
+        pick.forEach((r, i) => this.accept(r.s, toks[i], eog[i]));
+      } catch (err) {
+        if (this.closed) return;
+        await this.recover(path, err as Error);
+      }
+    }
+  }
+
+  private readonly eogCache = new Map<number, boolean>();
+  private async endsGeneration(toks: Int32Array): Promise<boolean[]> {
+    const unknown = [...new Set(toks)].filter((t) => !this.eogCache.has(t));
+    if (unknown.length > 0) {
+      const p = await this.o.ends.pieces(Int32Array.from(unknown));
+      unknown.forEach((t, i) => this.eogCache.set(t, p[i].eog));
+    }
+    return [...toks].map((t) => this.eogCache.get(t)!);
+  }
+
+  private accept(s: Seq, token: number, eog: boolean): void {
+    if (s.finished) return;
+    if (eog) { this.finish(s, 'stop'); return; }
+    s.generated.push(token);
+    s.tokens.push(token);
+    s.req.onToken?.(token);
+    if (s.generated.length >= s.req.maxTokens || (this.o.ctx !== undefined && s.tokens.length >= this.o.ctx)) this.finish(s, 'length');
+  }
+
+  private finish(s: Seq, finish: ChainResult['finish'] | undefined, err?: Error): void {
+    if (s.finished) return;
+    s.finished = true;
+    this.active.delete(s.slot);
+    const slot = s.slot;
+    void Promise.allSettled([this.path.drop(slot), this.o.ends.freeSampler(slot)]).then(() => {
+      this.free.push(slot);
+      this.admit();
+    });
+    if (err || !finish) s.fail(err ?? new StageError('request failed'));
+    else s.done({ tokens: s.generated, finish, repairs: s.repairs });
+  }
+
+  /** One repair for all lanes: the first lane to see the failure builds the new path, the rest wait for it. */
+  private async recover(failed: ChainPath, err: Error): Promise<void> {
+    if (this.path !== failed) return; // another lane already repaired it
+    if (!this.repairing) {
+      this.repairing = (async () => {
+        const victims = [...this.active.values()];
+        if (!this.o.repair) {
+          for (const s of victims) this.finish(s, undefined, err);
+          return;
+        }
+        try {
+          const next = await this.o.repair(failed, err);
+          void failed.close().catch(() => {});
+          // Stages that survive into the new path may still hold these slots: clear them, then every
+          // sequence is prefilled again from the head's copy of its tokens.
+          await Promise.all(victims.map((s) => next.drop(s.slot)));
+          this.path = next;
+          for (const s of victims) { s.cached = 0; s.repairs++; }
+        } catch (e) {
+          for (const s of victims) this.finish(s, undefined, new StageError(`chain failed (${err.message}) and could not be repaired: ${(e as Error).message}`));
+        }
+      })().finally(() => { this.repairing = undefined; });
+    }
+    await this.repairing;
+  }
+}

@@ -1,0 +1,108 @@
+// The chain engine's stages on one machine: a model cut into 2, 3 and 4 stage files must give
+// exactly one process's greedy tokens, for several requests at once, and a stage killed mid-way
+// must not change a single token of a request that the head then repairs.
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TEST_MODEL_PRESETS, generateTestModel } from '../../runtime/engine/test-model.js';
+import { writeEndsGguf, writeStageGguf } from '../../runtime/engine/stage-gguf.js';
+import { StageProcess } from '../../runtime/engine/stage-proc.js';
+import { ChainEngine, LocalPath } from '../../runtime/engine/chain.js';
+import { ensureStageBinary } from '../../runtime/engine/stage-build.js';
+import { nodeGreedy, nodeLlama, looksVaried } from './helpers.js';
+
+const N = 16;
+const PROMPTS = ['Once upon a time', 'The mesh of home machines', 'In the beginning'];
+const preset = TEST_MODEL_PRESETS.small; // 8 layers
+const dir = mkdtempSync(join(tmpdir(), 'clawmesh-chain-'));
+const modelPath = join(dir, 'small.gguf');
+let bin = '';
+let ends: StageProcess;
+const ref = new Map<string, number[]>();
+const prompts = new Map<string, Int32Array>();
+const procs: StageProcess[] = [];
+
+async function stages(cuts: number[]): Promise<StageProcess[]> {
+  const out: StageProcess[] = [];
+  for (let i = 0; i + 1 < cuts.length; i++) {
+    const file = join(dir, `stage-${cuts[i]}-${cuts[i + 1]}.gguf`);
+    writeStageGguf(modelPath, file, { start: cuts[i], end: cuts[i + 1] });
+    const p = await StageProcess.start({ bin, model: file, role: 'stage', seqs: 4, batch: 64, ctx: 512, threads: 1 });
+    procs.push(p);
+    out.push(p);
+  }
+  return out;
+}
+
+beforeAll(async () => {
+  await generateTestModel({ path: modelPath, seed: 4321, ...preset });
+  bin = await ensureStageBinary();
+  const endsPath = join(dir, 'ends.gguf');
+  writeEndsGguf(modelPath, endsPath);
+  ends = await StageProcess.start({ bin, model: endsPath, role: 'ends', seqs: 4, batch: 64, threads: 1 });
+  procs.push(ends);
+  const llama = await nodeLlama();
+  const model = await llama.loadModel({ modelPath });
+  for (const p of PROMPTS) {
+    ref.set(p, (await nodeGreedy(model, p, N)).tokens.map(Number));
+    prompts.set(p, await ends.tokenize(p, true, false));
+  }
+  await model.dispose();
+}, 45 * 60_000);
+
+afterAll(async () => {
+  await Promise.allSettled(procs.map((p) => p.stop()));
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const greedy = { temperature: 0 };
+
+describe('chain stages (one machine)', () => {
+  it('the stage files hold only their layers; the ends file only the vocabulary side', () => {
+    const whole = statSync(modelPath).size;
+    writeStageGguf(modelPath, join(dir, 'probe.gguf'), { start: 0, end: 2 });
+    expect(statSync(join(dir, 'probe.gguf')).size).toBeLessThan(whole * 0.3);
+    expect(() => writeStageGguf(modelPath, join(dir, 'x.gguf'), { start: 6, end: 9 })).toThrow(/not inside \[0, 8\)/);
+    expect(looksVaried(ref.get(PROMPTS[0])!)).toBe(true);
+  });
+
+  for (const cuts of [[0, 4, 8], [0, 3, 5, 8], [0, 2, 4, 6, 8]]) {
+    it(`${cuts.length - 1} stages give one process's greedy tokens, three requests at once`, async () => {
+      const engine = new ChainEngine({ ends, path: new LocalPath(await stages(cuts)), slots: 4, batch: 64, lanes: 2 });
+      const results = await Promise.all(PROMPTS.map((p) => engine.generate({ prompt: prompts.get(p)!, maxTokens: N, sampling: greedy })));
+      results.forEach((r, i) => expect(r.tokens, PROMPTS[i]).toEqual(ref.get(PROMPTS[i])));
+    }, 120_000);
+  }
+
+  it('a stage killed mid-generation: the head re-prefills on a replacement and the tokens do not change', async () => {
+    const [a, b] = await stages([0, 5, 8]);
+    let killed = false;
+    const engine = new ChainEngine({
+      ends,
+      path: new LocalPath([a, b]),
+      slots: 4,
+      batch: 64,
+      repair: async () => new LocalPath([a, ...(await stages([5, 8]))]),
+    });
+    const res = await engine.generate({
+      prompt: prompts.get(PROMPTS[1])!,
+      maxTokens: N,
+      sampling: greedy,
+      onToken: () => {
+        if (!killed) { killed = true; b.child.kill('SIGKILL'); }
+      },
+    });
+    expect(res.repairs).toBe(1);
+    expect(res.tokens).toEqual(ref.get(PROMPTS[1]));
+  }, 120_000);
+
+  it('refuses rows beyond its batch, sequences beyond its slots and positions beyond its context, and keeps serving', async () => {
+    const [s] = await stages([0, 8]);
+    const n = s.info.n_embd;
+    await expect(s.eval(new Int32Array(65), new Int32Array(65), new Float32Array(65 * n))).rejects.toThrow(/65 rows, allowed 1..64/);
+    await expect(s.eval(Int32Array.of(9), Int32Array.of(0), new Float32Array(n))).rejects.toThrow(/sequence 9 outside/);
+    await expect(s.eval(Int32Array.of(0), Int32Array.of(100_000), new Float32Array(n))).rejects.toThrow(/position 100000 outside/);
+    expect((await s.eval(Int32Array.of(0), Int32Array.of(0), new Float32Array(n).fill(0.1))).length).toBe(n);
+  });
+});
