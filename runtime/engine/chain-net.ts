@@ -303,6 +303,7 @@ export class StageServer {
     }
     up.setShape(f.shape ?? {});
     ready = true;
+    this.o.log?.info('stage hop joined a chain', { hop: f.index, of: t.route.length, layers: `${hop.start}-${hop.end - 1}`, contract: hop.contract, next });
     for (const b of pending.splice(0)) handle(b[0], b.subarray(1));
   }
 
@@ -359,7 +360,7 @@ export class ChainClient {
    * Signs a ticket for `route`, sets the chain up and resolves once the last hop's return leg has
    * arrived (every hop accepted), or rejects with the first refusal, naming its hop.
    */
-  async open(q: { model: string; route: ChainHop[]; nEmbd: number; shape?: LinkShape; ttlMs?: number; stallMs?: number }): Promise<NetPath> {
+  async open(q: { model: string; route: ChainHop[]; nEmbd: number; shape?: LinkShape; ttlMs?: number; stallMs?: number; setupMs?: number }): Promise<NetPath> {
     const ticket = await signChainTicket(this.o.key, {
       v: 1, session: randomUUID().replace(/-/g, ''), head: this.o.peerId.toString(), model: q.model, route: q.route, expires: Date.now() + (q.ttlMs ?? 3600_000),
     });
@@ -369,7 +370,7 @@ export class ChainClient {
     this.sessions.set(ticket.ticket.session, path);
     path.attachOut(stream, q.shape);
     path.out!.sendJson(Frame.Setup, { ticket, index: 0, shape: q.shape } satisfies SetupFrame);
-    await path.whenReady(15_000);
+    await path.whenReady(q.setupMs ?? 60_000);
     return path;
   }
 

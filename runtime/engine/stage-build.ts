@@ -15,8 +15,12 @@ export const STAGE_SOURCE = join(dirname(fileURLToPath(import.meta.url)), 'stage
 
 let inProcess: Promise<string> | undefined;
 
-/** Path of the stage binary, compiling it first if this source has not been compiled yet. */
+/**
+ * Path of the stage binary, compiling it first if this source has not been compiled yet.
+ * CLAWMESH_STAGE_BIN names a binary built elsewhere (a packager's, or a GPU build) instead.
+ */
 export function ensureStageBinary(opts: EnsureBuildOptions = {}): Promise<string> {
+  if (process.env.CLAWMESH_STAGE_BIN) return Promise.resolve(process.env.CLAWMESH_STAGE_BIN);
   inProcess ??= compile(opts).finally(() => { inProcess = undefined; });
   return inProcess;
 }
