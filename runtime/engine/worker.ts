@@ -1,20 +1,21 @@
 // Worker (slice provider): serves its machine to contracted heads through /clawmesh/rpc/1 only.
 //
-// One rpc-server per active contract, started on the contract's first stream and bound to
-// 127.0.0.1 on a free port: ggml's rpc-server serves one client at a time and keeps that client's
+// One rpc-server per active contract, started on the contract's first stream in a network
+// namespace of its own where the machine allows (rpc-netns.ts; else on 127.0.0.1 at a free port,
+// with a warning): ggml's rpc-server serves one client at a time and keeps that client's
 // buffers, so sharing one process between heads would queue them behind each other and mix their
 // allocations. Every stream is checked against the contract book before a byte reaches llama.cpp;
 // refusals are answered with a reason, logged and kept in a short in-memory list. Past the gate,
 // every byte goes through the contract's meter (rpc-guard.ts): a head that asks rpc-server for more
 // memory or tensor-cache disk than its layers need is cut off, and its contract is suspended here.
-import { connect } from 'node:net';
 import { mkdirSync } from 'node:fs';
 import type { Connection, Stream } from '@libp2p/interface';
 import type { MeshNode } from '../node/node.ts';
 import type { Logger } from '../log.ts';
 import { ContractBook, verifyMarketContract, type Contract, type ContractVerifier } from './contracts.js';
 import { ContractMeter, RpcCapExceeded, RpcGuard, fmtBytes, limitsForLayers, type RpcLimits } from './rpc-guard.js';
-import { freePort, startRpcServer, type RpcServerHandle } from './llama-procs.js';
+import type { RpcServerHandle } from './llama-procs.js';
+import { startContractRpcServer } from './rpc-netns.js';
 import { socketEndpoint, splice, streamEndpoint, type Endpoint, type Splice } from './splice.js';
 import { RPC_PROTOCOL, encodeFrame, readFrame, type Hello } from './tunnel.js';
 
@@ -58,7 +59,7 @@ export interface Refusal {
 export interface WorkerStatus {
   peerId: string;
   protocol: string;
-  rpcServers: Array<{ contractId: string; endpoint: string; pid: number }>;
+  rpcServers: Array<{ contractId: string; endpoint: string; pid: number; isolation: 'netns' | 'loopback' }>;
   streams: number;
   refusals: number;
   /** Per contract: live buffers, the cap, the peak, cache writes and commands refused. */
@@ -113,7 +114,7 @@ export class SliceWorker {
 
   status(): WorkerStatus {
     const rpcServers: WorkerStatus['rpcServers'] = [];
-    for (const [contractId, h] of this.ready) rpcServers.push({ contractId, endpoint: h.endpoint, pid: h.pid });
+    for (const [contractId, h] of this.ready) rpcServers.push({ contractId, endpoint: h.endpoint, pid: h.pid, isolation: h.isolation });
     const meters = [...this.meters.values()].map((m) => ({
       contractId: m.contractId, allocated: m.allocated, capBytes: m.limits.allocBytes, peak: m.peakAllocated,
       cached: m.cached, cacheCapBytes: m.limits.cacheBytes, refused: m.refused,
@@ -196,13 +197,11 @@ export class SliceWorker {
       await stream.close().catch(() => {});
       return;
     }
-    const [h, p] = rpc.endpoint.split(':');
-    const socket = connect({ host: h, port: Number(p), allowHalfOpen: true });
-    socket.setNoDelay(true);
+    let socket;
     try {
-      await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject); });
+      socket = await rpc.connect();
+      socket.setNoDelay(true);
     } catch (err) {
-      socket.destroy();
       this.refuse(stream, peer, hello.contractId, `rpc-server at ${rpc.endpoint} is unreachable: ${(err as Error).message}`);
       return;
     }
@@ -267,9 +266,11 @@ export class SliceWorker {
     if (p === undefined) {
       p = (async () => {
         const env = this.o.cacheDir !== undefined ? { ...process.env, LLAMA_CACHE: this.o.cacheDir } : process.env;
-        const h = await startRpcServer({ bin: this.o.rpcServerBin, port: await freePort(), threads: this.o.threads, cache: this.o.noCache !== true, env });
+        const h = await startContractRpcServer({ bin: this.o.rpcServerBin, threads: this.o.threads, cache: this.o.noCache !== true, env }, (why) => {
+          this.log.warn('rpc-server runs on loopback: any local process can reach it without a contract', { contract: contractId, why });
+        });
         this.ready.set(contractId, h);
-        this.log.info('rpc-server started', { contract: contractId, endpoint: h.endpoint, pid: h.pid });
+        this.log.info('rpc-server started', { contract: contractId, endpoint: h.endpoint, pid: h.pid, isolation: h.isolation });
         h.process.once('exit', (code, sig) => {
           this.ready.delete(contractId);
           if (this.servers.get(contractId) === p) this.servers.delete(contractId);
