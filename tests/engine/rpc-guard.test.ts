@@ -27,6 +27,17 @@ function msg(cmd: number, payload: Buffer): Buffer {
 const u64 = (...v: bigint[]) => { const b = Buffer.alloc(8 * v.length); v.forEach((x, i) => b.writeBigUInt64LE(x, 8 * i)); return b; };
 const alloc = (size: number) => msg(RPC_CMD.ALLOC_BUFFER, Buffer.concat([Buffer.alloc(4), u64(BigInt(size))]));
 const hello = () => msg(RPC_CMD.HELLO, Buffer.alloc(24));
+/** An rpc_tensor of n f32 values at `data` in buffer `buffer` (layout: ggml-rpc.cpp, struct rpc_tensor). */
+function tensor(buffer: bigint, data: bigint, n: number): Buffer {
+  const t = Buffer.alloc(RPC_TENSOR_BYTES);
+  t.writeBigUInt64LE(1n, 0); // id
+  t.writeUInt32LE(0, 8); // GGML_TYPE_F32
+  t.writeBigUInt64LE(buffer, 12);
+  [n, 1, 1, 1].forEach((v, i) => t.writeUInt32LE(v, 20 + 4 * i));
+  [4, 4 * n, 4 * n, 4 * n].forEach((v, i) => t.writeUInt32LE(v, 36 + 4 * i));
+  t.writeBigUInt64LE(data, 8 + 4 + 8 + 16 + 16 + 4 + 64 + 4 + 80 + 16); // after op, op_params, flags, src[], view_src, view_offs
+  return t;
+}
 
 /** A bare ggml-rpc client on a tunnel stream: send bytes, read exact reply lengths, see the cut. */
 function client(stream: Stream) {
@@ -109,6 +120,13 @@ describe('rpc meter in front of a real rpc-server', () => {
     const ptr = granted.readBigUInt64LE(8);
     expect(ptr).not.toBe(0n);
     expect(slice.status().meters[0]).toMatchObject({ contractId: contract.id, allocated: 4 * MiB, refused: 0 });
+    // A legitimate upload and read-back pass the meter untouched (and check its idea of the layout).
+    c.send(msg(RPC_CMD.BUFFER_GET_BASE, u64(ptr)));
+    const base = (await c.read(16)).readBigUInt64LE(8);
+    const values = Buffer.alloc(4096, 7);
+    c.send(msg(RPC_CMD.SET_TENSOR, Buffer.concat([tensor(ptr, base, 1024), Buffer.from([0]), u64(0n), values])));
+    c.send(msg(RPC_CMD.GET_TENSOR, Buffer.concat([tensor(ptr, base, 1024), u64(0n, 4096n)])));
+    expect((await c.read(8 + 4096)).subarray(8).equals(values)).toBe(true);
 
     // Finding 8: the rpc-server sits in a network namespace of its own; a local process dialling
     // its port (50052 inside) meets nothing, so it cannot skip the contract check and the meter.
