@@ -30,6 +30,8 @@ export interface ProposeOptions {
   baseBranch?: string
   testCommand?: string
   testTimeoutMs?: number
+  /** Run the tests without a sandbox where the machine has none (the owner's opt-in; default false). */
+  allowUnsandboxedTests?: boolean
   /** Tries per issue; after a failed test run the model sees the output and tries again. */
   attempts?: number
   /** Work on this issue instead of the first open, labelled one without an agent PR. */
@@ -72,7 +74,7 @@ export async function proposeForIssue (o: ProposeOptions): Promise<ProposeOutcom
       if (attempt > 1) await resetClone(ws)
       change = await o.author.proposeChange({ issue, files, contents, feedback })
       await ws.apply(change.edits)
-      tests = await ws.runTests(testCommand, o.testTimeoutMs)
+      tests = await ws.runTests(testCommand, o.testTimeoutMs, { allowUnsandboxed: o.allowUnsandboxedTests })
       o.log?.info('tested a proposed change', { issue: issue.number, attempt, passed: tests.passed, ms: tests.durationMs })
       if (tests.passed) break
       feedback = `\`${testCommand}\` exited ${tests.exitCode}${tests.timedOut ? ' (timed out)' : ''}:\n${tests.outputTail}`
@@ -133,7 +135,7 @@ function prBody (issue: Issue, change: ProposedChange, tests: TestResult, agent:
     `Closes #${issue.number}`,
     '',
     '### Tests',
-    `\`${tests.command}\` passed in ${(tests.durationMs / 1000).toFixed(1)} s on the base commit plus this change.`,
+    `\`${tests.command}\` passed in ${(tests.durationMs / 1000).toFixed(1)} s on the base commit plus this change${tests.sandboxed ? ' (sandboxed: no network, only the clone writable)' : ' (unsandboxed, by its owner\'s choice)'}.`,
     '',
     `<details><summary>test output (tail)</summary>\n\n${fence}\n${tests.outputTail.replaceAll(fence, "'''")}\n${fence}\n</details>`,
     '',

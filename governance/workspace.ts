@@ -3,6 +3,7 @@ import { mkdtemp, readFile, rm, stat, unlink, writeFile, mkdir } from 'node:fs/p
 import { tmpdir } from 'node:os'
 import { dirname, join, normalize, sep } from 'node:path'
 import type { FileEdit } from './change-author.ts'
+import { sandboxMode, spawnSandboxed, type SandboxMode } from './sandbox.ts'
 import type { TreeEntry } from './forge.ts'
 
 /**
@@ -19,6 +20,15 @@ export interface TestResult {
   durationMs: number
   /** The last few kilobytes of stdout and stderr together. */
   outputTail: string
+  /** False only where the owner allowed unsandboxed runs on a machine without the sandbox. */
+  sandboxed: boolean
+}
+
+export interface RunTestsOptions {
+  /** The owner's opt-in (governance.allowUnsandboxedTests) to run generated code without a sandbox. */
+  allowUnsandboxed?: boolean
+  /** Overrides the machine's probe (tests of the refusal). */
+  mode?: SandboxMode
 }
 
 /** Environment variables an LLM-written test must never see: the forge tokens above all. */
@@ -69,22 +79,34 @@ export class Workspace {
     }
   }
 
-  /** Runs the project's test command in the clone, without the agent's secrets in its environment. */
-  async runTests (command: string, timeoutMs = 10 * 60_000): Promise<TestResult> {
+  /**
+   * Runs the project's test command in the clone: LLM-written code, so inside the sandbox (no
+   * network, no agent home or owner files, only the clone writable) and without the agent's secrets
+   * in its environment. Without a sandbox it refuses unless the owner opted in.
+   */
+  async runTests (command: string, timeoutMs = 10 * 60_000, o: RunTestsOptions = {}): Promise<TestResult> {
     const env: NodeJS.ProcessEnv = {}
     for (const [k, v] of Object.entries(process.env)) if (!SECRET_ENV.test(k)) env[k] = v
+    const mode = o.mode ?? sandboxMode()
+    if (!('unshare' in mode) && o.allowUnsandboxed !== true) {
+      throw new Error(`refusing to run \`${command}\` on an LLM-written change: this machine has no sandbox for it (${mode.unavailable}); ` +
+        'set governance.allowUnsandboxedTests to true in config.json to run it anyway, with your file access and network')
+    }
+    const sandboxed = 'unshare' in mode
     const started = Date.now()
-    const child = spawn(command, { cwd: this.dir, shell: true, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
+    const child = sandboxed
+      ? spawnSandboxed(mode, this.dir, command, env)
+      : spawn(command, { cwd: this.dir, shell: true, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
     let output = ''
     const keep = (d: Buffer): void => { output = (output + d.toString()).slice(-8000) }
-    child.stdout.on('data', keep)
-    child.stderr.on('data', keep)
+    child.stdout!.on('data', keep)
+    child.stderr!.on('data', keep)
     let timedOut = false
     // The whole process group: test runners spawn workers that would outlive a killed shell.
     const timer = setTimeout(() => { timedOut = true; try { process.kill(-child.pid!, 'SIGKILL') } catch {} }, timeoutMs)
     const exitCode = await new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)))
     clearTimeout(timer)
-    return { command, passed: exitCode === 0 && !timedOut, exitCode, timedOut, durationMs: Date.now() - started, outputTail: output.slice(-4000) }
+    return { command, passed: exitCode === 0 && !timedOut, exitCode, timedOut, durationMs: Date.now() - started, outputTail: output.slice(-4000), sandboxed }
   }
 
   /**

@@ -107,6 +107,11 @@ export const GovernanceSettingsSchema = z.object({
   requireChecks: z.boolean().default(true),
   /** The project's own tests, run in the clone before a PR is opened. */
   testCommand: z.string().default('npm test'),
+  /**
+   * Where the machine has no sandbox (Linux namespaces), run the agent's LLM-written tests anyway,
+   * with the owner's file access and network. Off: the agent does not run generated code there.
+   */
+  allowUnsandboxedTests: z.boolean().default(false),
   token: z.string().optional(),
   /** Run the quorum keeper in `clawmesh start` (only on the node holding the keeper's token). */
   keeper: z.boolean().default(false),

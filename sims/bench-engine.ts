@@ -20,7 +20,7 @@
  *        [--delays 0,10,25] [--bandwidths 0,20] [--concurrent 1,8] [--tokens 32] [--repeats 3] [--transports tcp,libp2p]
  */
 import '../runtime/polyfill.ts';
-import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { homedir, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -277,7 +277,8 @@ async function main(): Promise<void> {
         const w = await openLoopbackNode(join(root, `w${i}`), `w${i}`);
         await w.start();
         nodes.push(w);
-        slices.push(await SliceWorker.start({ node: w, rpcServerBin: build.rpcServer, threads, noCache: true }));
+        // The whole file as one layer's size: a cap no split of this model can reach (the bench measures speed).
+        slices.push(await SliceWorker.start({ node: w, rpcServerBin: build.rpcServer, threads, noCache: true, layerBytes: statSync(model).size }));
       }
       for (const k of workerCounts) {
         await starLibp2p(build, model, sha, head, nodes.slice(1), slices, k);

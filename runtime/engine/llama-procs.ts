@@ -1,7 +1,7 @@
 // Starting llama.cpp's processes from Node: RPC workers and the one-process completion CLI.
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { quoteCommand } from './proc.js';
 
 export interface RpcServerOptions {
@@ -19,6 +19,10 @@ export interface RpcServerOptions {
 
 export interface RpcServerHandle {
   endpoint: string;
+  /** 'netns': only connect() reaches it (rpc-netns.ts); 'loopback': any local process can. */
+  isolation: 'netns' | 'loopback';
+  /** A fresh connection to the server. */
+  connect(): Promise<Socket>;
   pid: number;
   process: ChildProcess;
   /** Last output lines (stdout is block-buffered by the server, so mostly stderr until it exits). */
@@ -46,7 +50,7 @@ function canConnect(host: string, port: number): Promise<boolean> {
   });
 }
 
-function tailCollector(child: ChildProcess, max = 40) {
+export function tailCollector(child: ChildProcess, max = 40) {
   const lines: string[] = [];
   const on = (b: Buffer) => {
     for (const l of b.toString('utf8').split(/\r?\n/)) if (l) { lines.push(l); if (lines.length > max) lines.shift(); }
@@ -105,7 +109,12 @@ export async function startRpcServer(o: RpcServerOptions): Promise<RpcServerHand
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  return { endpoint: `${host}:${o.port}`, pid: child.pid!, process: child, outputTail: () => [...tail], stop: () => stopChild(child) };
+  const dial = () => new Promise<Socket>((resolve, reject) => {
+    const s = connect({ host, port: o.port, allowHalfOpen: true });
+    s.once('connect', () => { s.off('error', reject); resolve(s); });
+    s.once('error', reject);
+  });
+  return { endpoint: `${host}:${o.port}`, isolation: 'loopback', connect: dial, pid: child.pid!, process: child, outputTail: () => [...tail], stop: () => stopChild(child) };
 }
 
 export interface CompletionOptions {

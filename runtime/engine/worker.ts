@@ -1,18 +1,22 @@
 // Worker (slice provider): serves its machine to contracted heads through /clawmesh/rpc/1 only.
 //
-// One rpc-server per active contract, started on the contract's first stream and bound to
-// 127.0.0.1 on a free port: ggml's rpc-server serves one client at a time and keeps that client's
+// One rpc-server per active contract, started on the contract's first stream in a network
+// namespace of its own where the machine allows (rpc-netns.ts; else on 127.0.0.1 at a free port,
+// with a warning): ggml's rpc-server serves one client at a time and keeps that client's
 // buffers, so sharing one process between heads would queue them behind each other and mix their
 // allocations. Every stream is checked against the contract book before a byte reaches llama.cpp;
-// refusals are answered with a reason, logged and kept in a short in-memory list.
-import { connect } from 'node:net';
+// refusals are answered with a reason, logged and kept in a short in-memory list. Past the gate,
+// every byte goes through the contract's meter (rpc-guard.ts): a head that asks rpc-server for more
+// memory or tensor-cache disk than its layers need is cut off, and its contract is suspended here.
 import { mkdirSync } from 'node:fs';
 import type { Connection, Stream } from '@libp2p/interface';
 import type { MeshNode } from '../node/node.ts';
 import type { Logger } from '../log.ts';
-import { ContractBook, verifyMarketContract, type ContractVerifier } from './contracts.js';
-import { freePort, startRpcServer, type RpcServerHandle } from './llama-procs.js';
-import { socketEndpoint, splice, streamEndpoint } from './splice.js';
+import { ContractBook, verifyMarketContract, type Contract, type ContractVerifier } from './contracts.js';
+import { ContractMeter, RpcCapExceeded, RpcGuard, fmtBytes, limitsForLayers, type RpcLimits } from './rpc-guard.js';
+import type { RpcServerHandle } from './llama-procs.js';
+import { startContractRpcServer } from './rpc-netns.js';
+import { socketEndpoint, splice, streamEndpoint, type Endpoint, type Splice } from './splice.js';
 import { RPC_PROTOCOL, encodeFrame, readFrame, type Hello } from './tunnel.js';
 
 export interface WorkerOptions {
@@ -31,6 +35,18 @@ export interface WorkerOptions {
   helloTimeoutMs?: number;
   /** How often rpc-servers of contracts that are over are released (default 5 s). */
   sweepMs?: number;
+  /**
+   * What a contract may make its rpc-server hold, or why that is unknown (the stream is then
+   * refused). The agent's serve_slice derives it from the call for proposals the worker answered.
+   */
+  limits?: (c: Contract) => Promise<RpcLimits | string>;
+  /** Bytes per layer assumed when `limits` is not given (tests, benchmarks, hand-written contracts). */
+  layerBytes?: number;
+  /**
+   * Meter the ggml-rpc traffic (default true). Off only where something other than rpc-server
+   * answers (the tunnel tests' byte echo): unmetered, a head can make rpc-server allocate anything.
+   */
+  meterRpc?: boolean;
 }
 
 export interface Refusal {
@@ -43,9 +59,11 @@ export interface Refusal {
 export interface WorkerStatus {
   peerId: string;
   protocol: string;
-  rpcServers: Array<{ contractId: string; endpoint: string; pid: number }>;
+  rpcServers: Array<{ contractId: string; endpoint: string; pid: number; isolation: 'netns' | 'loopback' }>;
   streams: number;
   refusals: number;
+  /** Per contract: live buffers, the cap, the peak, cache writes and commands refused. */
+  meters: Array<{ contractId: string; allocated: number; capBytes: number; peak: number; cached: number; cacheCapBytes: number; refused: number }>;
 }
 
 export class SliceWorker {
@@ -54,6 +72,9 @@ export class SliceWorker {
   /** The same servers once started (status and tests need them synchronously). */
   private readonly ready = new Map<string, RpcServerHandle>();
   private readonly book: ContractBook;
+  private readonly meters = new Map<string, ContractMeter>();
+  /** Contracts whose head broke their cap: later streams are refused with this reason. */
+  private readonly suspended = new Map<string, string>();
   private readonly log: Logger;
   private streams = 0;
   private stopped = false;
@@ -93,8 +114,12 @@ export class SliceWorker {
 
   status(): WorkerStatus {
     const rpcServers: WorkerStatus['rpcServers'] = [];
-    for (const [contractId, h] of this.ready) rpcServers.push({ contractId, endpoint: h.endpoint, pid: h.pid });
-    return { peerId: this.o.node.peerId.toString(), protocol: RPC_PROTOCOL, rpcServers, streams: this.streams, refusals: this.refusals.length };
+    for (const [contractId, h] of this.ready) rpcServers.push({ contractId, endpoint: h.endpoint, pid: h.pid, isolation: h.isolation });
+    const meters = [...this.meters.values()].map((m) => ({
+      contractId: m.contractId, allocated: m.allocated, capBytes: m.limits.allocBytes, peak: m.peakAllocated,
+      cached: m.cached, cacheCapBytes: m.limits.cacheBytes, refused: m.refused,
+    }));
+    return { peerId: this.o.node.peerId.toString(), protocol: RPC_PROTOCOL, rpcServers, streams: this.streams, refusals: this.refusals.length, meters };
   }
 
   /** The running rpc-server of a contract, if any (tests kill it to simulate a crash). */
@@ -107,6 +132,8 @@ export class SliceWorker {
     const p = this.servers.get(contractId);
     this.servers.delete(contractId);
     this.ready.delete(contractId);
+    this.meters.delete(contractId);
+    this.suspended.delete(contractId);
     if (p !== undefined) await (await p).stop();
   }
 
@@ -146,6 +173,17 @@ export class SliceWorker {
     if (this.stopped) { this.refuse(stream, peer, hello.contractId, 'worker is stopping'); return; }
     const decision = await this.book.checkAccess({ contractId: hello.contractId, worker: this.o.node.peerId.toString(), head: peer, modelSha256: hello.modelSha256 });
     if (!decision.ok) { this.refuse(stream, peer, hello.contractId, decision.reason); return; }
+    const breach = this.suspended.get(hello.contractId);
+    if (breach !== undefined) { this.refuse(stream, peer, hello.contractId, `contract ${hello.contractId} is suspended on this worker: ${breach}`); return; }
+    let meter: ContractMeter | undefined;
+    if (this.o.meterRpc !== false) {
+      try {
+        meter = await this.meterFor(decision.contract);
+      } catch (err) {
+        this.refuse(stream, peer, hello.contractId, (err as Error).message);
+        return;
+      }
+    }
 
     let rpc: RpcServerHandle;
     try {
@@ -159,20 +197,31 @@ export class SliceWorker {
       await stream.close().catch(() => {});
       return;
     }
-    const [h, p] = rpc.endpoint.split(':');
-    const socket = connect({ host: h, port: Number(p), allowHalfOpen: true });
-    socket.setNoDelay(true);
+    let socket;
     try {
-      await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject); });
+      socket = await rpc.connect();
+      socket.setNoDelay(true);
     } catch (err) {
-      socket.destroy();
       this.refuse(stream, peer, hello.contractId, `rpc-server at ${rpc.endpoint} is unreachable: ${(err as Error).message}`);
       return;
     }
     stream.send(encodeFrame({ ok: true }));
     this.streams++;
-    const s = splice(streamEndpoint(stream, `head ${peer}`), socketEndpoint(socket, `rpc-server ${rpc.endpoint}`), { failIfEndsFirst: 'b' });
+    let headEnd = streamEndpoint(stream, `head ${peer}`);
+    let serverEnd = socketEndpoint(socket, `rpc-server ${rpc.endpoint}`);
+    let s: Splice | undefined;
+    const guard = meter !== undefined ? new RpcGuard(meter, { cache: this.o.noCache !== true }) : undefined;
+    if (guard !== undefined) {
+      const cut = (err: RpcCapExceeded) => {
+        this.capBreached(peer, hello.contractId, err);
+        s?.abort(err);
+      };
+      headEnd = filtered(headEnd, (b) => guard.fromHead(b), cut);
+      serverEnd = filtered(serverEnd, (b) => guard.fromServer(b), cut);
+    }
+    s = splice(headEnd, serverEnd, { failIfEndsFirst: 'b' });
     const r = await s.done;
+    guard?.close();
     this.streams--;
     if (r.error !== undefined && !this.stopped) {
       const exit = rpc.process.exitCode ?? rpc.process.signalCode;
@@ -183,15 +232,45 @@ export class SliceWorker {
     }
   }
 
+  /** The contract's meter, made on its first stream; throws when the contract cannot be capped. */
+  private async meterFor(c: Contract): Promise<ContractMeter> {
+    const have = this.meters.get(c.id);
+    if (have !== undefined) return have;
+    const layers = c.layerEnd - c.layerStart;
+    const limits = this.o.limits !== undefined
+      ? await this.o.limits(c)
+      : this.o.layerBytes !== undefined ? limitsForLayers(layers, this.o.layerBytes, 'the worker\'s configured layer size') : 'this worker has no layer size for it';
+    if (typeof limits === 'string') throw new Error(`contract ${c.id} cannot be metered, so it is not served: ${limits}`);
+    const m = this.meters.get(c.id) ?? new ContractMeter(c.id, limits);
+    this.meters.set(c.id, m);
+    this.log.info('contract metered', { contract: c.id, capBytes: limits.allocBytes, cacheCapBytes: limits.cacheBytes, basis: limits.basis });
+    return m;
+  }
+
+  /** A head asked for more than its contract allows: named, counted, and the contract suspended. */
+  private capBreached(peer: string, contractId: string, err: RpcCapExceeded): void {
+    const reason = `its head's ${err.command} was refused: ${err.reason}`;
+    if (!this.suspended.has(contractId)) this.suspended.set(contractId, reason);
+    this.refusals.push({ at: Date.now(), peer, contractId, reason });
+    if (this.refusals.length > 100) this.refusals.shift();
+    const m = this.meters.get(contractId);
+    this.log.warn('cut an rpc connection over its contract cap', {
+      peer, contract: contractId, command: err.command, reason: err.reason,
+      ...(m !== undefined ? { allocated: fmtBytes(m.allocated), cap: fmtBytes(m.limits.allocBytes) } : {}),
+    });
+  }
+
   /** The contract's rpc-server, started on first use; a dead one is replaced on the next stream. */
   private rpcServer(contractId: string): Promise<RpcServerHandle> {
     let p = this.servers.get(contractId);
     if (p === undefined) {
       p = (async () => {
         const env = this.o.cacheDir !== undefined ? { ...process.env, LLAMA_CACHE: this.o.cacheDir } : process.env;
-        const h = await startRpcServer({ bin: this.o.rpcServerBin, port: await freePort(), threads: this.o.threads, cache: this.o.noCache !== true, env });
+        const h = await startContractRpcServer({ bin: this.o.rpcServerBin, threads: this.o.threads, cache: this.o.noCache !== true, env }, (why) => {
+          this.log.warn('rpc-server runs on loopback: any local process can reach it without a contract', { contract: contractId, why });
+        });
         this.ready.set(contractId, h);
-        this.log.info('rpc-server started', { contract: contractId, endpoint: h.endpoint, pid: h.pid });
+        this.log.info('rpc-server started', { contract: contractId, endpoint: h.endpoint, pid: h.pid, isolation: h.isolation });
         h.process.once('exit', (code, sig) => {
           this.ready.delete(contractId);
           if (this.servers.get(contractId) === p) this.servers.delete(contractId);
@@ -204,4 +283,33 @@ export class SliceWorker {
     }
     return p;
   }
+}
+
+/**
+ * An endpoint whose incoming bytes pass through `filter` first (the rpc meter); a refusal from the
+ * filter goes to `onRefused` instead of the data, and nothing of the refused message is passed on.
+ */
+function filtered(ep: Endpoint, filter: (b: Uint8Array) => Uint8Array[], onRefused: (err: RpcCapExceeded) => void): Endpoint {
+  let refused = false;
+  return {
+    ...ep,
+    attach(h) {
+      ep.attach({
+        ...h,
+        data(buf) {
+          if (refused) return;
+          let out: Uint8Array[];
+          try {
+            out = filter(buf);
+          } catch (err) {
+            refused = true;
+            if (err instanceof RpcCapExceeded) onRefused(err);
+            else onRefused(new RpcCapExceeded('?', `the rpc meter failed: ${(err as Error).message}`));
+            return;
+          }
+          for (const b of out) h.data(b);
+        },
+      });
+    },
+  };
 }

@@ -5,8 +5,11 @@ import { tool } from '@langchain/core/tools';
 import { z } from 'zod';
 import type { MeshNode } from '../../runtime/node/node.ts';
 import { ensureLlamaBuild } from '../../runtime/engine/build.ts';
-import { ContractBook } from '../../runtime/engine/contracts.ts';
+import { ContractBook, type Contract } from '../../runtime/engine/contracts.ts';
+import { fmtBytes, limitsForLayers, type RpcLimits } from '../../runtime/engine/rpc-guard.ts';
 import { SliceWorker } from '../../runtime/engine/worker.ts';
+import type { SignedContract } from '../../protocols/index.ts';
+import { NegotiationBook } from '../market/book.ts';
 
 export const ServeSliceInput = z.object({
   action: z.enum(['start', 'stop', 'status']).default('start')
@@ -21,6 +24,23 @@ export interface ServeSliceDeps {
   /** Default: ensureLlamaBuild().rpcServer (builds llama.cpp on first use). */
   rpcServerBin?: string;
   cacheDir?: string;
+  /** Bytes per layer for contracts with no call for proposals on record (made by hand or in tests). */
+  layerBytes?: number;
+}
+
+/**
+ * What a contract may make its rpc-server hold: its layers at the call for proposals' layerBytes,
+ * which is the figure this agent checked against its lendable memory before it signed.
+ */
+export async function marketLimits(node: MeshNode, c: Contract, fallbackLayerBytes?: number): Promise<RpcLimits | string> {
+  const layers = c.layerEnd - c.layerStart;
+  let cfpId: string | undefined;
+  try { cfpId = (JSON.parse(c.document) as SignedContract).doc.cfpId; } catch { /* the verifier already refused it */ }
+  // The market's tables exist only where the agent's migrations ran; a bare node has none.
+  const n = cfpId === undefined ? undefined : await new NegotiationBook(node.store).negotiation(cfpId).catch(() => undefined);
+  if (n !== undefined && n.model === c.modelSha256 && n.head === c.head) return limitsForLayers(layers, n.cfp.modelRef.layerBytes, `call for proposals ${cfpId}`);
+  if (fallbackLayerBytes !== undefined) return limitsForLayers(layers, fallbackLayerBytes, "serve_slice's configured layer size");
+  return `no call for proposals from its head on record (cfp ${cfpId ?? 'unknown'}), so its layer size is unknown`;
 }
 
 const short = (id: string) => `${id.slice(0, 8)}…${id.slice(-6)}`;
@@ -55,7 +75,9 @@ export class ServeSlice {
       }
       if (action === 'start' && this.worker === undefined) {
         const bin = this.deps.rpcServerBin ?? (await ensureLlamaBuild()).rpcServer;
-        this.worker = await SliceWorker.start({ node: this.deps.node, rpcServerBin: bin, threads: input.threads ?? this.deps.node.config.engine?.threads, cacheDir: this.deps.cacheDir });
+        this.worker = await SliceWorker.start({ node: this.deps.node, rpcServerBin: bin, threads: input.threads ?? this.deps.node.config.engine?.threads, cacheDir: this.deps.cacheDir,
+          limits: (c) => marketLimits(this.deps.node, c, this.deps.layerBytes),
+        });
       }
       return await this.describe();
     } catch (err) {
@@ -71,6 +93,7 @@ export class ServeSlice {
     const s = this.worker.status();
     return `serving slices as ${short(me)} on ${s.protocol}: ${contracts.length} active contract(s)${list.length ? ` (${list.join('; ')})` : ''}; ` +
       `${s.rpcServers.length} rpc-server(s) running, ${s.streams} open stream(s), ${s.refusals} refused attempt(s)` +
+      s.meters.map((m) => `; contract ${short(m.contractId)} holds ${fmtBytes(m.allocated)} of its ${fmtBytes(m.capBytes)} cap`).join('') +
       (this.worker.refusals.length ? `; last refusal: ${this.worker.refusals.at(-1)!.reason}` : '');
   }
 }

@@ -37,6 +37,7 @@ export async function governanceSkills (node: MeshNode, model: BaseChatModel, vo
     label: settings.label,
     baseBranch: settings.baseBranch,
     testCommand: settings.testCommand,
+    allowUnsandboxedTests: settings.allowUnsandboxedTests,
     store: new GovernanceStore(node.store.db),
     log: node.log.child('governance')
   }))

@@ -2,7 +2,7 @@
 // must produce exactly the greedy tokens of one llama.cpp process and of node-llama-cpp; a dead,
 // stalled or departed worker must surface within seconds as a failure naming it, and leave the head
 // ready to build again.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -42,7 +42,7 @@ beforeAll(async () => {
   for (let i = 0; i < 4; i++) {
     const node = await openNode(join(dir, `w${i}`), `w${i}`);
     await node.start();
-    const slice = await SliceWorker.start({ node, rpcServerBin: outcome.build.rpcServer, threads: 1, cacheDir: join(dir, `cache-w${i}`) });
+    const slice = await SliceWorker.start({ node, rpcServerBin: outcome.build.rpcServer, threads: 1, cacheDir: join(dir, `cache-w${i}`), layerBytes: Math.ceil(statSync(modelPath).size / preset.nLayer) });
     workers.push({ node, slice });
   }
 }, 45 * 60_000);

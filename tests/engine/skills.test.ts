@@ -2,7 +2,7 @@
 // input): serve_slice on two workers, run_pipeline on the head over the contracts in its database,
 // with layer 0 left on the head's CPU because no contract covers it.
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, type TestContext } from 'vitest';
@@ -66,7 +66,7 @@ describe('engine skills', () => {
     const rp = new RunPipeline({ node: head, llamaServerBin: build.llamaServer, threads: 1 });
     expect(await rp.tool.invoke({ action: 'start', model: modelPath })).toMatch(/cannot start: no active contracts for model/);
 
-    serves = workers.map((node) => new ServeSlice({ node, rpcServerBin: build.rpcServer, cacheDir: join(dir, `cache-${node.config.name}`) }));
+    serves = workers.map((node) => new ServeSlice({ node, rpcServerBin: build.rpcServer, cacheDir: join(dir, `cache-${node.config.name}`), layerBytes: Math.ceil(statSync(modelPath).size / preset.nLayer) }));
     const ranges: Array<[number, number]> = [[1, 3], [3, preset.nLayer]];
     for (const [i, w] of workers.entries()) {
       const c = await writeTestContract(w.store, { modelSha256: sha, headKey: head.key, workerKey: w.key, layerStart: ranges[i][0], layerEnd: ranges[i][1] });

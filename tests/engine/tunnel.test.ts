@@ -24,7 +24,7 @@ beforeAll(async () => {
   dir = await tempDir('clawmesh-tunnel-');
   [head, worker, stranger] = await Promise.all(['head', 'worker', 'stranger'].map((n) => openNode(join(dir.path, n), n)));
   await Promise.all([head, worker, stranger].map((n) => n.start()));
-  slice = await SliceWorker.start({ node: worker, rpcServerBin: ECHO, noCache: true });
+  slice = await SliceWorker.start({ node: worker, rpcServerBin: ECHO, noCache: true, meterRpc: false });
   contract = await writeTestContract(worker.store, { modelSha256: SHA, headKey: head.key, workerKey: worker.key, layerStart: 0, layerEnd: 4 });
   for (const n of [head, stranger]) await n.host!.dial(worker.host!.getMultiaddrs()[0]);
 });
