@@ -5,6 +5,7 @@ import {
   type FraudReport, type SignedReceipt
 } from '../../protocols/receipts.ts'
 import type { Envelope } from '../../protocols/envelope.ts'
+import { RECEIPT_REFUSALS, ReceiptRefused, type ReceiptRefusal } from '../../protocols/receipt-terms.ts'
 import { HeadBook, type RecordedUsage, type SettledUsage, type SettleHooks } from './head-book.ts'
 import { ReceiptCosigner } from './cosigner.ts'
 import { ingestReceipt } from './mirror.ts'
@@ -44,7 +45,8 @@ export class ReceiptService {
   /** Catches up on settled receipts missed while offline or not yet connected (undefined if off). */
   readonly sync: ReceiptSync | undefined
   private lastRepropose = 0
-  readonly stats = { rejectedReceipts: 0 }
+  /** Gossiped receipts refused: in all, and by reason (protocols/receipt-terms.ts). */
+  readonly stats = { rejectedReceipts: 0, refused: Object.fromEntries(RECEIPT_REFUSALS.map((r) => [r, 0])) as Record<ReceiptRefusal, number> }
 
   constructor (private readonly node: MeshNode, opts: ReceiptServiceOptions = {}) {
     this.book = new HeadBook(node.store.db, node.key, opts.hooks)
@@ -75,9 +77,10 @@ export class ReceiptService {
       try {
         await ingestReceipt(this.node.store.db, self, env.body)
       } catch (err) {
-        // A well-formed envelope around a receipt whose signatures fail: forged or tampered.
+        // A well-formed envelope around a receipt that is forged, tampered, or means more than its contract allows.
         this.stats.rejectedReceipts++
-        this.log.warn('refused a gossiped receipt', { from: env.from, error: (err as Error).message })
+        if (err instanceof ReceiptRefused) this.stats.refused[err.reason]++
+        this.log.warn('refused a gossiped receipt', { from: env.from, reason: err instanceof ReceiptRefused ? err.reason : 'error', error: (err as Error).message })
       }
     })
     this.bus.subscribe(FraudReportKind, async (env) => { await this.keepFraudReport(env) })

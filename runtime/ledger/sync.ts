@@ -8,6 +8,7 @@ import {
 } from '../../protocols/receipt-sync.ts'
 import { ReceiptInvalid, SignedReceiptSchema, receiptId } from '../../protocols/receipts.ts'
 import { fromUtf8, utf8 } from '../../protocols/encoding.ts'
+import { RECEIPT_REFUSALS, ReceiptRefused, type ReceiptRefusal } from '../../protocols/receipt-terms.ts'
 import type { MeshNode } from '../node/node.ts'
 import type { Logger } from '../log.ts'
 import { ingestReceipt } from './mirror.ts'
@@ -66,6 +67,8 @@ export interface ReceiptSyncStats {
   pulled: number
   booked: number
   rejected: Record<SyncRejectReason, number>
+  /** Pulled receipts the mirror refused, by its reason (each also counts as bad-receipt or conflict). */
+  refused: Record<ReceiptRefusal, number>
   bytesSent: number
   bytesReceived: number
 }
@@ -84,7 +87,8 @@ export class ReceiptSync {
   readonly protocol: string
   readonly stats: ReceiptSyncStats = {
     initiated: 0, failed: 0, served: 0, pulled: 0, booked: 0, bytesSent: 0, bytesReceived: 0,
-    rejected: Object.fromEntries(SYNC_REJECT_REASONS.map((r) => [r, 0])) as Record<SyncRejectReason, number>
+    rejected: Object.fromEntries(SYNC_REJECT_REASONS.map((r) => [r, 0])) as Record<SyncRejectReason, number>,
+    refused: Object.fromEntries(RECEIPT_REFUSALS.map((r) => [r, 0])) as Record<ReceiptRefusal, number>
   }
 
   /** Resolves once the protocol handler is registered. */
@@ -215,9 +219,14 @@ export class ReceiptSync {
       if (id !== undefined) requested.delete(id)
       if (result === 'booked') { report.booked++; this.stats.booked++ } else report.duplicate++
     } catch (err) {
-      if (err instanceof ReceiptInvalid) { this.reject(report, 'bad-receipt', err.message); return }
       // Both signatures verified, yet another receipt holds its (contract, seq): the head and the worker
       // signed two different receipts for one slot. Neither is booked over the other.
+      if (err instanceof ReceiptRefused) {
+        this.stats.refused[err.reason]++
+        this.reject(report, err.reason === 'conflict' ? 'conflict' : 'bad-receipt', err.message)
+        return
+      }
+      if (err instanceof ReceiptInvalid) { this.reject(report, 'bad-receipt', err.message); return }
       if (/UNIQUE constraint/.test((err as Error).message)) { this.reject(report, 'conflict', (err as Error).message); return }
       throw err
     }
