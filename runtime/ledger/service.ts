@@ -10,6 +10,7 @@ import { HeadBook, type RecordedUsage, type SettledUsage, type SettleHooks } fro
 import { ReceiptCosigner } from './cosigner.ts'
 import { ingestReceipt } from './mirror.ts'
 import { ReceiptSync, type ReceiptSyncOptions } from './sync.ts'
+import { LedgerAnchor, type LedgerAnchorOptions } from './anchor.ts'
 
 const REPROPOSE_MS = 1500
 
@@ -27,6 +28,8 @@ export interface ReceiptServiceOptions {
   hooks?: SettleHooks
   /** Anti-entropy with peers for settled receipts that gossip did not bring (false: gossip only). */
   sync?: ReceiptSyncOptions | false
+  /** Checkpoints of the ledger exchanged with peers, and the startup check against them (false: none). */
+  anchor?: LedgerAnchorOptions | false
 }
 
 /**
@@ -41,9 +44,13 @@ export class ReceiptService {
   private timer: NodeJS.Timeout | undefined
   private settling: Promise<unknown> = Promise.resolve()
   private readonly settledListeners: Array<(s: SettledUsage) => void> = []
-  private readonly opts: Required<Omit<ReceiptServiceOptions, 'hooks' | 'sync'>>
+  private readonly opts: Required<Omit<ReceiptServiceOptions, 'hooks' | 'sync' | 'anchor'>>
   /** Catches up on settled receipts missed while offline or not yet connected (undefined if off). */
   readonly sync: ReceiptSync | undefined
+  /** Anchors the ledger's chain in peers' countersigned checkpoints (undefined if off). */
+  readonly anchor: LedgerAnchor | undefined
+  /** Resolves once the anchor's startup check against local checkpoints ran (peers are asked as they connect). */
+  anchorReady: Promise<void> = Promise.resolve()
   private lastRepropose = 0
   /** Gossiped receipts refused: in all, and by reason (protocols/receipt-terms.ts). */
   readonly stats = { rejectedReceipts: 0, refused: Object.fromEntries(RECEIPT_REFUSALS.map((r) => [r, 0])) as Record<ReceiptRefusal, number> }
@@ -54,6 +61,7 @@ export class ReceiptService {
     this.cosigner = new ReceiptCosigner(node.store.db, node.key, (r) => { node.serving.record(r.modelHash, r.tokens) })
     this.log = node.log.child('receipts')
     this.sync = opts.sync === false ? undefined : new ReceiptSync(node, node.log.child('receipt-sync'), opts.sync)
+    this.anchor = opts.anchor === false ? undefined : new LedgerAnchor(node, node.log.child('ledger-anchor'), opts.anchor)
     this.opts = { settleDelayMs: opts.settleDelayMs ?? node.config.gateway?.settleDelayMs ?? 0, proposalTimeoutMs: opts.proposalTimeoutMs ?? 60_000, tickMs: opts.tickMs ?? 250 }
   }
 
@@ -87,11 +95,14 @@ export class ReceiptService {
     this.timer = setInterval(() => this.kick(), this.opts.tickMs)
     // Gossip reaches only the peers connected at the time; sync brings the rest, checked the same way.
     this.sync?.start()
+    this.anchorReady = this.anchor?.start().catch((err: unknown) => { this.log.error('ledger anchor did not start', { error: (err as Error).message }) }) ?? Promise.resolve()
   }
 
   async stop (): Promise<void> {
     clearInterval(this.timer)
     await this.sync?.stop()
+    await this.anchorReady
+    await this.anchor?.stop()
   }
 
   onSettled (fn: (s: SettledUsage) => void): void {
