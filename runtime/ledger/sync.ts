@@ -6,12 +6,13 @@ import {
   RECEIPT_SYNC_LIMITS, SyncFrameSchema, SyncProtocolError, SyncSet, receiptSyncProtocolFor,
   type SyncFrame, type SyncItem, type SyncLimits
 } from '../../protocols/receipt-sync.ts'
-import { ReceiptInvalid, SignedReceiptSchema, receiptId } from '../../protocols/receipts.ts'
+import { ReceiptInvalid, SignedReceiptSchema, receiptId, type SignedReceipt } from '../../protocols/receipts.ts'
 import { fromUtf8, utf8 } from '../../protocols/encoding.ts'
 import { RECEIPT_REFUSALS, ReceiptRefused, type ReceiptRefusal } from '../../protocols/receipt-terms.ts'
 import type { MeshNode } from '../node/node.ts'
 import type { Logger } from '../log.ts'
 import { ingestReceipt } from './mirror.ts'
+import { signedContractOf } from './contracts.ts'
 
 export type SyncRejectReason =
   | 'oversized' | 'malformed' | 'out-of-order' | 'over-limit' | 'timeout' | 'busy'
@@ -350,9 +351,18 @@ export class ReceiptSync {
   }
 
   private async documents (ids: string[]): Promise<unknown[]> {
-    const rows = await this.node.store.db.all<{ document: string }>(
+    const db = this.node.store.db
+    const rows = await db.all<{ document: string }>(
       `SELECT document FROM receipts WHERE status = 'settled' AND id IN (${ids.map(() => '?').join(', ')})`, ids)
-    return rows.map((r) => JSON.parse(r.document) as unknown)
+    const out: unknown[] = []
+    for (const r of rows) {
+      const doc = JSON.parse(r.document) as SignedReceipt
+      // Receipts settled before contracts travelled with them: attach ours, if we hold it, so that the
+      // peer can check them (without it, it refuses them as no-contract).
+      const contract = doc.contract ?? await signedContractOf(db, doc.receipt?.contract ?? '')
+      out.push(contract === undefined ? doc : { ...doc, contract })
+    }
+    return out
   }
 
   private syncSoon (peer: PeerId, why: string): void {
