@@ -58,6 +58,13 @@ export const TermsSchema = z.object({
 }).strict().refine((t) => t.end > t.start, { message: 'terms must cover at least one layer (end > start)' })
 export type Terms = z.infer<typeof TermsSchema>
 
+/**
+ * Longest term a contract may have, from the call's deadline to serveUntil. Bystanders refuse receipts
+ * dated earlier than serveUntil minus this (protocols/receipt-terms.ts), so a call may not ask for more:
+ * long-lived pipelines renew their contracts instead.
+ */
+export const MAX_CONTRACT_TERM_MS = 24 * 3600_000
+
 export const CfpSchema = z.object({
   cfpId: id,
   model: sha256,
@@ -71,7 +78,7 @@ export const CfpSchema = z.object({
   serveUntil: epochMs,
   maxRounds: z.number().int().min(1).max(20),
   text
-}).strict()
+}).strict().refine((c) => c.serveUntil - c.deadline <= MAX_CONTRACT_TERM_MS, { message: `a contract term may last at most ${MAX_CONTRACT_TERM_MS / 3600_000} h after the deadline (renew instead)` })
 export type Cfp = z.infer<typeof CfpSchema>
 
 const addressed = {

@@ -33,7 +33,7 @@ export const RECEIPT_SYNC_LIMITS = {
   fanout: 16,
   /** Reconciliation round trips per session; honest sets of millions need a handful. */
   maxRounds: 40,
-  /** Receipts asked for (and served) per pull frame: 128 of at most ~1 KB each. */
+  /** Receipts asked for (and served) per pull frame: 128 of ~1.3 KB each (their contract attached). */
   maxPullPerRequest: 128,
   /**
    * Receipts one session pulls; more are left to the next session, started at once. Booking costs

@@ -4,6 +4,7 @@ import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import type { PrivateKey } from '@libp2p/interface'
 import { canonicalBytes, concatBytes, fromBase64Url, toBase64Url, utf8 } from './encoding.ts'
 import { defineKind } from './envelope.ts'
+import { SignedContractSchema } from './market.ts'
 
 /**
  * Usage receipts: the only thing credits move on. A receipt says "worker W served `layers` layers of
@@ -51,7 +52,13 @@ export const WorkerSignedReceiptSchema = z.object({
 export const SignedReceiptSchema = z.object({
   receipt: ReceiptSchema,
   workerSig: signature,
-  headSig: signature
+  headSig: signature,
+  /**
+   * The contract the receipt bills, signed by both parties: attached by the head when it settles, so
+   * that a bystander that never saw the contract can still check the receipt against its terms
+   * (protocols/receipt-terms.ts). Not covered by the receipt signatures; it carries its own two.
+   */
+  contract: SignedContractSchema.optional()
 }).strict()
 
 export type Receipt = z.infer<typeof ReceiptSchema>

@@ -13,6 +13,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { contractId, signContract, type ContractDoc, type SignedContract } from '../protocols/market.ts'
 import { countersignAsHead, signAsWorker, type SignedReceipt } from '../protocols/receipts.ts'
 import { ingestReceipt } from '../runtime/ledger/mirror.ts'
 import { ReceiptService } from '../runtime/ledger/service.ts'
@@ -26,11 +27,16 @@ const head = await generateKeyPair('Ed25519')
 const worker = await generateKeyPair('Ed25519')
 const MODEL = 'ef'.repeat(32)
 
+// Bystanders book only receipts under a contract signed by both: every receipt carries this one.
+const serveUntil = Date.now() + 3_600_000
+const doc: ContractDoc = { v: 1, net: 'bench', cfpId: 'bench-contract', model: MODEL, head: peerIdFromPrivateKey(head).toString(), worker: peerIdFromPrivateKey(worker).toString(), start: 0, end: 2, price: 1000, serveUntil }
+const contract: SignedContract = { doc, headSig: (await signContract(head, doc)).sig, workerSig: (await signContract(worker, doc)).sig }
+
 async function receipts (from: number, to: number): Promise<SignedReceipt[]> {
   const out: SignedReceipt[] = []
   for (let seq = from; seq < to; seq++) {
-    const r = { contract: 'bench', seq, tokens: 1000, prior: (seq - 1) * 1000, layers: 2, modelHash: MODEL, price: 1000, head: peerIdFromPrivateKey(head).toString(), worker: peerIdFromPrivateKey(worker).toString(), ts: 1_700_000_000_000 + seq }
-    out.push(await countersignAsHead(head, await signAsWorker(worker, r)))
+    const r = { contract: contractId(doc), seq, tokens: 1000, prior: (seq - 1) * 1000, layers: 2, modelHash: MODEL, price: 1000, head: doc.head, worker: doc.worker, ts: serveUntil - 3_600_000 + seq }
+    out.push({ ...await countersignAsHead(head, await signAsWorker(worker, r)), contract })
   }
   return out
 }

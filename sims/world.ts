@@ -243,7 +243,9 @@ export async function runScenario (s: Scenario, opts: RunOptions = {}): Promise<
       bus.subscribe(ReceiptSignatureKind, async (env) => {
         if (env.body.receipt.head !== a.id || env.from !== env.body.receipt.worker) return
         const signed = await countersignAsHead(a.o.key, env.body)
-        await bus.publish(ReceiptKind, signed)
+        // As a real head settles: the signed contract travels with the receipt, for bystanders to check it against.
+        const c = (await a.book.contracts({})).find((x) => x.id === signed.receipt.contract)
+        await bus.publish(ReceiptKind, c === undefined ? signed : { ...signed, contract: c.signed })
       })
     }
     let receiptsBooked = 0

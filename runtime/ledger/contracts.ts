@@ -1,5 +1,6 @@
 import type { Queryable } from '../store/sqlite.ts'
 import { contractFromRow, type ContractTerms } from '../store/contracts.ts'
+import { SignedContractSchema, contractId, type SignedContract } from '../../protocols/market.ts'
 
 /** What the ledger needs of a contract: its terms (see runtime/store/contracts.ts). */
 export type ContractRow = ContractTerms
@@ -28,4 +29,22 @@ export async function putContract (q: Queryable, c: ContractRow, document = '{}'
      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
      ON CONFLICT(id) DO UPDATE SET status = excluded.status, expires_at = excluded.expires_at, price = excluded.price`,
     [c.id, c.modelSha256, c.head, c.worker, c.layerStart, c.layerEnd, c.price, c.expiresAt, c.status, document, now])
+}
+
+/**
+ * The contract `id` as both parties signed it, if this node holds it (the market stores the
+ * SignedContract as the row's document); undefined for a missing row or one without a signed document.
+ * Signatures are not checked here: whoever relies on it checks them (protocols/receipt-terms.ts).
+ */
+export async function signedContractOf (q: Queryable, id: string): Promise<SignedContract | undefined> {
+  const row = await q.get<{ document: string }>('SELECT document FROM contracts WHERE id = ?', [id])
+  if (row === undefined) return undefined
+  let json: unknown
+  try {
+    json = JSON.parse(row.document)
+  } catch {
+    return undefined
+  }
+  const parsed = SignedContractSchema.safeParse(json)
+  return parsed.success && contractId(parsed.data.doc) === id ? parsed.data : undefined
 }

@@ -6,7 +6,7 @@ import {
   type Receipt, type SignedReceipt, type WorkerSignedReceipt
 } from '../../protocols/receipts.ts'
 import type { SqliteDb, Queryable } from '../store/sqlite.ts'
-import type { ContractRow } from './contracts.ts'
+import { signedContractOf, type ContractRow } from './contracts.ts'
 import { NETWORK_FEES, agentAccount, appendTransfers, userAccount, type Transfer } from './ledger.ts'
 
 export interface UsageInput {
@@ -127,10 +127,19 @@ export class HeadBook {
       await appendTransfers(tx, transfers, now)
       // Crash tests pause here: entries written, receipts and usage not yet marked, nothing committed.
       if (transfers.length > 0) await this.hooks.midSettlement?.(usageId)
-      await tx.run("UPDATE receipts SET status = 'settled', settled_at = ? WHERE usage_id = ? AND status = 'signed'", [now, usageId])
+      // Each settled receipt carries its signed contract, so that bystanders who never saw the
+      // contract can check the receipt against it before booking (runtime/ledger/mirror.ts).
+      const receipts: SignedReceipt[] = []
+      for (const r of rows) {
+        const doc = JSON.parse(r.document) as SignedReceipt
+        const contract = doc.contract ?? await signedContractOf(tx, doc.receipt.contract)
+        const full = contract === undefined ? doc : { ...doc, contract }
+        await tx.run("UPDATE receipts SET status = 'settled', settled_at = ?, document = ? WHERE id = ? AND status = 'signed'", [now, JSON.stringify(full), r.id])
+        receipts.push(full)
+      }
       await tx.run("UPDATE usage SET status = 'settled', settled_at = ? WHERE id = ?", [now, usageId])
       const charged = transfers.reduce((sum, t) => sum + t.amount, 0)
-      return { usageId, receipts: rows.map((r) => JSON.parse(r.document) as SignedReceipt), charged }
+      return { usageId, receipts, charged }
     })
   }
 

@@ -127,11 +127,27 @@ export interface ChainReport {
   brokenAt?: { seq: number, reason: string }
 }
 
+/** A (seq, hash) the chain held once, as a checkpoint signed by this node and kept by peers. */
+export interface ChainAnchor {
+  seq: number
+  hash: string
+  /** Who vouches for it (a witness's peer id, 'file'): named in the report. */
+  from?: string
+}
+
+/** The chain's last entry: what a checkpoint signs (seq 0 and GENESIS_HASH for an empty chain). */
+export async function chainHead (q: Queryable): Promise<{ seq: number, hash: string }> {
+  const last = await q.get<{ seq: number, hash: string }>('SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1')
+  return last ?? { seq: 0, hash: GENESIS_HASH }
+}
+
 /**
  * Recomputes the whole chain; any edited, dropped, inserted or reordered entry is reported, and so is
- * a running balance that no longer matches the entries (brokenAt.seq 0).
+ * a running balance that no longer matches the entries (brokenAt.seq 0). A consistent chain proves
+ * nothing against someone who can write the file (drop the triggers, edit, re-hash every later entry),
+ * so each anchor, a checkpoint kept outside the file, must also still be on the chain.
  */
-export async function verifyChain (q: Queryable): Promise<ChainReport> {
+export async function verifyChain (q: Queryable, anchors: readonly ChainAnchor[] = []): Promise<ChainReport> {
   const rows = await q.all<{ seq: number, ts: number, debit: string, credit: string, amount: number, memo: string, receipt: string | null, prev_hash: string, hash: string }>(
     'SELECT * FROM ledger ORDER BY seq')
   let prev = GENESIS_HASH
@@ -145,6 +161,13 @@ export async function verifyChain (q: Queryable): Promise<ChainReport> {
     if (want !== r.hash) return fail('hash does not match the entry: it was altered')
     prev = r.hash
     expectSeq++
+  }
+  const hashAt = new Map(rows.map((r) => [r.seq, r.hash]))
+  for (const a of [...anchors].sort((x, y) => x.seq - y.seq)) {
+    const held = a.seq === 0 ? GENESIS_HASH : hashAt.get(a.seq)
+    if (held === a.hash) continue
+    const why = held === undefined ? `the chain ends at ${rows.length}: entries were removed` : 'the chain was rewritten at or before it'
+    return { ok: false, entries: rows.length, brokenAt: { seq: a.seq, reason: `checkpoint ${a.seq} (${a.hash.slice(0, 12)}…${a.from === undefined ? '' : `, kept by ${a.from}`}) no longer matches: ${why}` } }
   }
   const kept = new Map((await q.all<{ account: string, balance: number }>('SELECT account, balance FROM ledger_balances')).map((r) => [r.account, r.balance]))
   const truth = await allBalances(q)

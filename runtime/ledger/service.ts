@@ -5,10 +5,12 @@ import {
   type FraudReport, type SignedReceipt
 } from '../../protocols/receipts.ts'
 import type { Envelope } from '../../protocols/envelope.ts'
+import { RECEIPT_REFUSALS, ReceiptRefused, type ReceiptRefusal } from '../../protocols/receipt-terms.ts'
 import { HeadBook, type RecordedUsage, type SettledUsage, type SettleHooks } from './head-book.ts'
 import { ReceiptCosigner } from './cosigner.ts'
 import { ingestReceipt } from './mirror.ts'
 import { ReceiptSync, type ReceiptSyncOptions } from './sync.ts'
+import { LedgerAnchor, type LedgerAnchorOptions } from './anchor.ts'
 
 const REPROPOSE_MS = 1500
 
@@ -26,6 +28,8 @@ export interface ReceiptServiceOptions {
   hooks?: SettleHooks
   /** Anti-entropy with peers for settled receipts that gossip did not bring (false: gossip only). */
   sync?: ReceiptSyncOptions | false
+  /** Checkpoints of the ledger exchanged with peers, and the startup check against them (false: none). */
+  anchor?: LedgerAnchorOptions | false
 }
 
 /**
@@ -40,11 +44,16 @@ export class ReceiptService {
   private timer: NodeJS.Timeout | undefined
   private settling: Promise<unknown> = Promise.resolve()
   private readonly settledListeners: Array<(s: SettledUsage) => void> = []
-  private readonly opts: Required<Omit<ReceiptServiceOptions, 'hooks' | 'sync'>>
+  private readonly opts: Required<Omit<ReceiptServiceOptions, 'hooks' | 'sync' | 'anchor'>>
   /** Catches up on settled receipts missed while offline or not yet connected (undefined if off). */
   readonly sync: ReceiptSync | undefined
+  /** Anchors the ledger's chain in peers' countersigned checkpoints (undefined if off). */
+  readonly anchor: LedgerAnchor | undefined
+  /** Resolves once the anchor's startup check against local checkpoints ran (peers are asked as they connect). */
+  anchorReady: Promise<void> = Promise.resolve()
   private lastRepropose = 0
-  readonly stats = { rejectedReceipts: 0 }
+  /** Gossiped receipts refused: in all, and by reason (protocols/receipt-terms.ts). */
+  readonly stats = { rejectedReceipts: 0, refused: Object.fromEntries(RECEIPT_REFUSALS.map((r) => [r, 0])) as Record<ReceiptRefusal, number> }
 
   constructor (private readonly node: MeshNode, opts: ReceiptServiceOptions = {}) {
     this.book = new HeadBook(node.store.db, node.key, opts.hooks)
@@ -52,6 +61,7 @@ export class ReceiptService {
     this.cosigner = new ReceiptCosigner(node.store.db, node.key, (r) => { node.serving.record(r.modelHash, r.tokens) })
     this.log = node.log.child('receipts')
     this.sync = opts.sync === false ? undefined : new ReceiptSync(node, node.log.child('receipt-sync'), opts.sync)
+    this.anchor = opts.anchor === false ? undefined : new LedgerAnchor(node, node.log.child('ledger-anchor'), opts.anchor)
     this.opts = { settleDelayMs: opts.settleDelayMs ?? node.config.gateway?.settleDelayMs ?? 0, proposalTimeoutMs: opts.proposalTimeoutMs ?? 60_000, tickMs: opts.tickMs ?? 250 }
   }
 
@@ -75,20 +85,24 @@ export class ReceiptService {
       try {
         await ingestReceipt(this.node.store.db, self, env.body)
       } catch (err) {
-        // A well-formed envelope around a receipt whose signatures fail: forged or tampered.
+        // A well-formed envelope around a receipt that is forged, tampered, or means more than its contract allows.
         this.stats.rejectedReceipts++
-        this.log.warn('refused a gossiped receipt', { from: env.from, error: (err as Error).message })
+        if (err instanceof ReceiptRefused) this.stats.refused[err.reason]++
+        this.log.warn('refused a gossiped receipt', { from: env.from, reason: err instanceof ReceiptRefused ? err.reason : 'error', error: (err as Error).message })
       }
     })
     this.bus.subscribe(FraudReportKind, async (env) => { await this.keepFraudReport(env) })
     this.timer = setInterval(() => this.kick(), this.opts.tickMs)
     // Gossip reaches only the peers connected at the time; sync brings the rest, checked the same way.
     this.sync?.start()
+    this.anchorReady = this.anchor?.start().catch((err: unknown) => { this.log.error('ledger anchor did not start', { error: (err as Error).message }) }) ?? Promise.resolve()
   }
 
   async stop (): Promise<void> {
     clearInterval(this.timer)
     await this.sync?.stop()
+    await this.anchorReady
+    await this.anchor?.stop()
   }
 
   onSettled (fn: (s: SettledUsage) => void): void {

@@ -6,11 +6,13 @@ import {
   RECEIPT_SYNC_LIMITS, SyncFrameSchema, SyncProtocolError, SyncSet, receiptSyncProtocolFor,
   type SyncFrame, type SyncItem, type SyncLimits
 } from '../../protocols/receipt-sync.ts'
-import { ReceiptInvalid, SignedReceiptSchema, receiptId } from '../../protocols/receipts.ts'
+import { ReceiptInvalid, SignedReceiptSchema, receiptId, type SignedReceipt } from '../../protocols/receipts.ts'
 import { fromUtf8, utf8 } from '../../protocols/encoding.ts'
+import { RECEIPT_REFUSALS, ReceiptRefused, type ReceiptRefusal } from '../../protocols/receipt-terms.ts'
 import type { MeshNode } from '../node/node.ts'
 import type { Logger } from '../log.ts'
 import { ingestReceipt } from './mirror.ts'
+import { signedContractOf } from './contracts.ts'
 
 export type SyncRejectReason =
   | 'oversized' | 'malformed' | 'out-of-order' | 'over-limit' | 'timeout' | 'busy'
@@ -66,6 +68,8 @@ export interface ReceiptSyncStats {
   pulled: number
   booked: number
   rejected: Record<SyncRejectReason, number>
+  /** Pulled receipts the mirror refused, by its reason (each also counts as bad-receipt or conflict). */
+  refused: Record<ReceiptRefusal, number>
   bytesSent: number
   bytesReceived: number
 }
@@ -84,7 +88,8 @@ export class ReceiptSync {
   readonly protocol: string
   readonly stats: ReceiptSyncStats = {
     initiated: 0, failed: 0, served: 0, pulled: 0, booked: 0, bytesSent: 0, bytesReceived: 0,
-    rejected: Object.fromEntries(SYNC_REJECT_REASONS.map((r) => [r, 0])) as Record<SyncRejectReason, number>
+    rejected: Object.fromEntries(SYNC_REJECT_REASONS.map((r) => [r, 0])) as Record<SyncRejectReason, number>,
+    refused: Object.fromEntries(RECEIPT_REFUSALS.map((r) => [r, 0])) as Record<ReceiptRefusal, number>
   }
 
   /** Resolves once the protocol handler is registered. */
@@ -215,9 +220,14 @@ export class ReceiptSync {
       if (id !== undefined) requested.delete(id)
       if (result === 'booked') { report.booked++; this.stats.booked++ } else report.duplicate++
     } catch (err) {
-      if (err instanceof ReceiptInvalid) { this.reject(report, 'bad-receipt', err.message); return }
       // Both signatures verified, yet another receipt holds its (contract, seq): the head and the worker
       // signed two different receipts for one slot. Neither is booked over the other.
+      if (err instanceof ReceiptRefused) {
+        this.stats.refused[err.reason]++
+        this.reject(report, err.reason === 'conflict' ? 'conflict' : 'bad-receipt', err.message)
+        return
+      }
+      if (err instanceof ReceiptInvalid) { this.reject(report, 'bad-receipt', err.message); return }
       if (/UNIQUE constraint/.test((err as Error).message)) { this.reject(report, 'conflict', (err as Error).message); return }
       throw err
     }
@@ -341,9 +351,18 @@ export class ReceiptSync {
   }
 
   private async documents (ids: string[]): Promise<unknown[]> {
-    const rows = await this.node.store.db.all<{ document: string }>(
+    const db = this.node.store.db
+    const rows = await db.all<{ document: string }>(
       `SELECT document FROM receipts WHERE status = 'settled' AND id IN (${ids.map(() => '?').join(', ')})`, ids)
-    return rows.map((r) => JSON.parse(r.document) as unknown)
+    const out: unknown[] = []
+    for (const r of rows) {
+      const doc = JSON.parse(r.document) as SignedReceipt
+      // Receipts settled before contracts travelled with them: attach ours, if we hold it, so that the
+      // peer can check them (without it, it refuses them as no-contract).
+      const contract = doc.contract ?? await signedContractOf(db, doc.receipt?.contract ?? '')
+      out.push(contract === undefined ? doc : { ...doc, contract })
+    }
+    return out
   }
 
   private syncSoon (peer: PeerId, why: string): void {

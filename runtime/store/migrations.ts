@@ -129,6 +129,28 @@ export const MIGRATIONS: readonly string[] = [
   );
   -- ledger.receipt names what an entry settles (a receipt id, or fee:<usage id>): at most once, ever.
   CREATE UNIQUE INDEX ledger_settles_once ON ledger (receipt) WHERE receipt IS NOT NULL;
+  `,
+  // 3: ledger checkpoints (protocols/ledger-checkpoint.ts): the chain anchored outside this file.
+  `
+  -- Checkpoints of other nodes' ledgers that we keep and hand back when the node asks (signed by it).
+  CREATE TABLE ledger_peer_checkpoints (
+    node        TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    hash        TEXT NOT NULL,
+    document    TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (node, seq)
+  );
+  -- Our own checkpoints as peers countersigned them. A copy only: whoever rewrites this file can drop
+  -- them, which is why the startup check also asks the peers.
+  CREATE TABLE ledger_witnesses (
+    seq         INTEGER NOT NULL,
+    hash        TEXT NOT NULL,
+    witness     TEXT NOT NULL,
+    document    TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (seq, witness)
+  );
   `
 ]
 

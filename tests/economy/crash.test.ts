@@ -20,6 +20,8 @@ import { ingestReceipt, settledReceipts } from '../../runtime/ledger/mirror.ts'
 import { createKey } from '../../runtime/gateway/keys.ts'
 import { chargeFor } from '../../runtime/gateway/pricing.ts'
 import { tempDir } from '../helpers/mesh.ts'
+import { signedContract } from '../helpers/receipts.ts'
+import { contractId, type SignedContract } from '../../protocols/market.ts'
 
 const CHILD = fileURLToPath(new URL('../helpers/economy-child.ts', import.meta.url))
 const MODEL = 'cd'.repeat(32)
@@ -30,15 +32,19 @@ let dir: { path: string, cleanup: () => Promise<void> }
 let headKey: PrivateKey
 let workers: PrivateKey[]
 let contracts: ContractRow[]
+let signed: SignedContract[]
 const pid = (k: PrivateKey): string => peerIdFromPrivateKey(k).toString()
 
 beforeAll(async () => {
   dir = await tempDir('clawmesh-crash-')
   headKey = (await loadOrCreateIdentity(join(dir.path, 'head'))).key
   workers = [await generateKeyPair('Ed25519'), await generateKeyPair('Ed25519')]
-  contracts = workers.map((w, i) => ({
-    id: `c${i}`, modelSha256: MODEL, head: pid(headKey), worker: pid(w), layerStart: i * 2, layerEnd: i * 2 + 2,
-    price: (i + 1) * 1_000_000, expiresAt: Date.now() + 3_600_000, status: 'active'
+  // Signed by both parties: the worker books the settled receipts as a bystander would, against them.
+  const expiresAt = Date.now() + 3_600_000
+  signed = await Promise.all(workers.map(async (w, i) => await signedContract(headKey, w, { model: MODEL, start: i * 2, end: i * 2 + 2, price: (i + 1) * 1_000_000, serveUntil: expiresAt })))
+  contracts = signed.map((c) => ({
+    id: contractId(c.doc), modelSha256: MODEL, head: c.doc.head, worker: c.doc.worker, layerStart: c.doc.start, layerEnd: c.doc.end,
+    price: c.doc.price, expiresAt, status: 'active'
   }))
 })
 
@@ -102,7 +108,7 @@ describe('a real kill mid-settlement', () => {
   it('of the head loses no credit and counts none twice', async () => {
     headDb = join(dir.path, 'head.sqlite')
     let store = await Store.open(headDb)
-    for (const c of contracts) await putContract(store.db, c)
+    for (const [i, c] of contracts.entries()) await putContract(store.db, c, JSON.stringify(signed[i]))
     keyId = (await createKey(store.db, { credits: CREDITS })).key.id
     const book = new HeadBook(store.db, headKey)
     for (let i = 0; i < USAGES; i++) {

@@ -1,6 +1,6 @@
 // Shared by the economy tests: tiny models, a real llama.cpp pipeline split over two rpc-server
 // workers, and a 3-node mesh (head + two workers) whose receipt services are running.
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { TEST_MODEL_PRESETS, generateTestModel } from '../../runtime/engine/test-model.ts'
@@ -11,6 +11,7 @@ import { putContract, type ContractRow } from '../../runtime/ledger/contracts.ts
 import { ReceiptService, type ReceiptServiceOptions } from '../../runtime/ledger/service.ts'
 import type { MeshNode } from '../../runtime/node/node.ts'
 import type { ConfigInput } from '../../runtime/config.ts'
+import { contractId, signContract, type ContractDoc, type SignedContract } from '../../protocols/market.ts'
 import { ReceiptProposalKind, ReceiptSignatureKind, ReceiptKind, FraudReportKind } from '../../protocols/receipts.ts'
 import { fullyPresent, startMesh, waitFor } from '../helpers/mesh.ts'
 
@@ -65,21 +66,27 @@ export async function startEconomyMesh (root: string, n: number, opts: ReceiptSe
   return { nodes, services }
 }
 
-export function pipelineContracts (head: MeshNode, workers: MeshNode[], modelSha256: string, ranges: Array<[number, number]>, prices: number[]): ContractRow[] {
-  return workers.map((w, i) => ({
-    id: `c-${i + 1}-${w.peerId.toString().slice(-6)}`,
-    modelSha256,
-    head: head.peerId.toString(),
-    worker: w.peerId.toString(),
-    layerStart: ranges[i][0],
-    layerEnd: ranges[i][1],
-    price: prices[i],
-    expiresAt: Date.now() + 3_600_000,
-    status: 'active'
+/**
+ * The pipeline's contracts as the market would leave them: each signed by the head and its worker
+ * (bystanders book only receipts under a contract they can verify), id = the signed document's.
+ */
+export async function pipelineContracts (head: MeshNode, workers: MeshNode[], modelSha256: string, ranges: Array<[number, number]>, prices: number[], expiresAt = Date.now() + 3_600_000): Promise<PipelineContract[]> {
+  return await Promise.all(workers.map(async (w, i) => {
+    const doc: ContractDoc = {
+      v: 1, net: 'test', cfpId: `fixture-${i + 1}-${randomBytes(4).toString('hex')}`, model: modelSha256, head: head.peerId.toString(), worker: w.peerId.toString(),
+      start: ranges[i][0], end: ranges[i][1], price: prices[i], serveUntil: expiresAt
+    }
+    const signed: SignedContract = { doc, headSig: (await signContract(head.key, doc)).sig, workerSig: (await signContract(w.key, doc)).sig }
+    return {
+      id: contractId(doc), modelSha256, head: doc.head, worker: doc.worker, layerStart: doc.start, layerEnd: doc.end,
+      price: doc.price, expiresAt, status: 'active', document: JSON.stringify(signed)
+    }
   }))
 }
 
+export type PipelineContract = ContractRow & { document: string }
+
 /** Stands in for the market layer: every party holds the contracts. */
-export async function recordContracts (nodes: MeshNode[], contracts: ContractRow[]): Promise<void> {
-  for (const node of nodes) for (const c of contracts) await putContract(node.store.db, c)
+export async function recordContracts (nodes: MeshNode[], contracts: PipelineContract[]): Promise<void> {
+  for (const node of nodes) for (const c of contracts) await putContract(node.store.db, c, c.document)
 }

@@ -10,10 +10,9 @@ import { createKey, revokeKey } from '../../runtime/gateway/keys.ts'
 import { NETWORK_FEES, agentAccount, allBalances, balanceOf, conservation, userAccount, verifyChain } from '../../runtime/ledger/ledger.ts'
 import { settledReceipts } from '../../runtime/ledger/mirror.ts'
 import { ReceiptKind, earningsFromReceipts } from '../../protocols/receipts.ts'
-import type { ContractRow } from '../../runtime/ledger/contracts.ts'
 import { llamaBuildOrSkip } from '../engine/helpers.ts'
 import { stopAll, tempDir, waitFor } from '../helpers/mesh.ts'
-import { MODEL_NAME, pipelineContracts, recordContracts, startEconomyMesh, startSplitPipeline, tinyModel, type EconomyMesh, type SplitPipeline } from './fixture.ts'
+import { MODEL_NAME, pipelineContracts, recordContracts, startEconomyMesh, startSplitPipeline, tinyModel, type EconomyMesh, type SplitPipeline, type PipelineContract } from './fixture.ts'
 
 const RANGES: Array<[number, number]> = [[0, 2], [2, 4]]
 // Worker 1 asks 1 credit per layer-token, worker 2 asks 2: per token 2 and 4 credits.
@@ -25,7 +24,7 @@ let build: LlamaBuild | undefined
 let pipeline: SplitPipeline
 let mesh: EconomyMesh
 let gateway: Gateway
-let contracts: ContractRow[]
+let contracts: PipelineContract[]
 let secret: string
 let client: OpenAI
 
@@ -38,7 +37,7 @@ beforeAll(async () => {
   pipeline = await startSplitPipeline(build, model.path, RANGES)
   mesh = await startEconomyMesh(dir.path, 3, { settleDelayMs: 0 }, { gateway: { port: 0, networkFeePerMTok: FEE_PER_MTOK, defaultMaxTokens: 16 } })
   const [head, w1, w2] = mesh.nodes
-  contracts = pipelineContracts(head, [w1, w2], model.sha256, RANGES, PRICES)
+  contracts = await pipelineContracts(head, [w1, w2], model.sha256, RANGES, PRICES)
   await recordContracts(mesh.nodes, contracts)
   const service = mesh.services[0]
   gateway = await startPaidApi(head, service, { url: pipeline.server.url, modelSha256: model.sha256, modelName: MODEL_NAME })
@@ -253,7 +252,7 @@ describe('renewal overlap', () => {
     if (build === undefined) return ctx.skip('no llama.cpp build')
     const [head, w1] = mesh.nodes
     // A renewal of w1's layers, signed but not yet carrying traffic.
-    const renewal: ContractRow = { ...contracts[0], id: `${contracts[0].id}-renewal`, expiresAt: contracts[0].expiresAt + 3_600_000 }
+    const [renewal] = await pipelineContracts(head, [w1], contracts[0].modelSha256, [RANGES[0]], [contracts[0].price], contracts[0].expiresAt + 3_600_000)
     await recordContracts([head, w1], [renewal])
     gateway.retarget(pipeline.server.url, contracts.map((c) => c.id))
     const r = await client.chat.completions.create({ model: MODEL_NAME, messages: [{ role: 'user', content: 'Hello' }], max_tokens: 4, ...greedy })

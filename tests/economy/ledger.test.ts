@@ -19,6 +19,7 @@ import { HeadBook } from '../../runtime/ledger/head-book.ts'
 import { putContract, type ContractRow } from '../../runtime/ledger/contracts.ts'
 import { chargeFor, pricePerToken } from '../../runtime/gateway/pricing.ts'
 import { tempDir } from '../helpers/mesh.ts'
+import { receiptUnder, signedContract } from '../helpers/receipts.ts'
 
 const MODEL = 'ab'.repeat(32)
 let dir: { path: string, cleanup: () => Promise<void> }
@@ -67,8 +68,11 @@ describe('receipts', () => {
 
   it('a bystander books a receipt once, refuses a tampered one, and recomputes earnings', async () => {
     const me = id(await generateKeyPair('Ed25519'))
-    const r1 = await doubleSigned()
-    const r2 = await doubleSigned({ seq: 2, tokens: 10 })
+    // Bystanders book only receipts that carry (or name a held) contract signed by both.
+    const contract = await signedContract(head, worker, { model: MODEL, price: 1_000_000, serveUntil: Date.now() + 60_000 })
+    const under = async (r: Partial<Receipt>): Promise<SignedReceipt> => await receiptUnder(head, worker, contract, { seq: 1, tokens: 40, prior: 0, ts: Date.now(), ...r })
+    const r1 = await under({})
+    const r2 = await under({ seq: 2, tokens: 10, prior: 40 })
     expect(await ingestReceipt(store.db, me, r1)).toBe('booked')
     expect(await ingestReceipt(store.db, me, r1)).toBe('duplicate')
     await expect(ingestReceipt(store.db, me, { ...r2, receipt: { ...r2.receipt, tokens: 1000 } })).rejects.toThrow(ReceiptInvalid)

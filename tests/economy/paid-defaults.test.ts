@@ -111,7 +111,7 @@ describe('a paid request at default prices, end to end', () => {
     // Every price and gateway setting at its default, except settling at once instead of after 30 s.
     mesh = await startEconomyMesh(dir.path, 3, { settleDelayMs: 0 }, { gateway: { port: 0 } })
     const [head, w1, w2] = mesh.nodes
-    await recordContracts(mesh.nodes, pipelineContracts(head, [w1, w2], model.sha256, RANGES, [DEFAULT_PRICE_FLOOR, DEFAULT_PRICE_FLOOR]))
+    await recordContracts(mesh.nodes, await pipelineContracts(head, [w1, w2], model.sha256, RANGES, [DEFAULT_PRICE_FLOOR, DEFAULT_PRICE_FLOOR]))
     gateway = await startPaidApi(head, mesh.services[0], { url: pipeline.server.url, modelSha256: model.sha256, modelName: MODEL_NAME })
   }, 600_000)
 

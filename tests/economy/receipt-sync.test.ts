@@ -18,6 +18,8 @@ import { SyncRejected, type ReceiptSyncOptions } from '../../runtime/ledger/sync
 import type { MeshNode } from '../../runtime/node/node.ts'
 import { openNode, stopAll, tempDir, waitFor } from '../helpers/mesh.ts'
 import { pipelineContracts, recordContracts, startEconomyMesh } from './fixture.ts'
+import { receiptUnder, signedContract } from '../helpers/receipts.ts'
+import type { SignedContract } from '../../protocols/market.ts'
 
 const MODEL = 'cd'.repeat(32)
 let dir: { path: string, cleanup: () => Promise<void> }
@@ -33,13 +35,21 @@ afterEach(async () => {
 
 const peer = (k: PrivateKey): string => peerIdFromPrivateKey(k).toString()
 
+const BASE = Date.now()
+const contracts = new Map<string, SignedContract>()
+
+/** The contract named `name` between head and worker, signed by both (the same one on every call). */
+async function contractOf (head: PrivateKey, worker: PrivateKey, name: string): Promise<SignedContract> {
+  const key = `${peer(head)}/${peer(worker)}/${name}`
+  if (!contracts.has(key)) contracts.set(key, await signedContract(head, worker, { model: MODEL, price: 1000, serveUntil: BASE + 3_600_000, cfpId: `contract-${name}` }))
+  return contracts.get(key)!
+}
+
 /** Receipts seq from..to-1 of one contract, 1000 tokens each at 1000 credits per M layer-tokens over 2 layers: 2 credits each. */
 async function receipts (head: PrivateKey, worker: PrivateKey, contract: string, from: number, to: number): Promise<SignedReceipt[]> {
+  const c = await contractOf(head, worker, contract)
   const out: SignedReceipt[] = []
-  for (let seq = from; seq < to; seq++) {
-    const r = { contract, seq, tokens: 1000, prior: (seq - 1) * 1000, layers: 2, modelHash: MODEL, price: 1000, head: peer(head), worker: peer(worker), ts: 1_700_000_000_000 + seq * 10 }
-    out.push(await countersignAsHead(head, await signAsWorker(worker, r)))
-  }
+  for (let seq = from; seq < to; seq++) out.push(await receiptUnder(head, worker, c, { seq, tokens: 1000, prior: (seq - 1) * 1000, ts: BASE + seq * 10 }))
   return out
 }
 
@@ -73,7 +83,7 @@ describe('receipt sync', () => {
     nodes.push(...mesh.nodes)
     services.push(...mesh.services)
     const [head, w1, w2, bystander] = mesh.nodes
-    const contracts = pipelineContracts(head, [w1, w2], MODEL, [[0, 2], [2, 5]], [1_000_000, 700_000])
+    const contracts = await pipelineContracts(head, [w1, w2], MODEL, [[0, 2], [2, 5]], [1_000_000, 700_000])
     await recordContracts(mesh.nodes, contracts)
     const { key } = await createKey(head.store.db, { credits: 10_000_000 })
     const serve = async (n: number): Promise<void> => {
@@ -174,13 +184,17 @@ describe('receipt sync', () => {
     await insert(receiptId(forged.receipt), 'x-2', 1, forged)
     // A genuine receipt, but not the one asked for: whatever a peer sends must answer our request.
     await insert('ab'.repeat(32), 'x-3', 1, g8)
+    // Both signatures genuine, but it neither carries its contract nor names one the victim holds.
+    const { contract: _, ...bare } = (await receipts(head, worker, 'c-1', 10, 11))[0]
+    await insert(receiptId(bare.receipt), 'x-4', 1, bare)
 
     await victim.node.host!.dial(evil.node.host!.getMultiaddrs()[0])
     const stats = victim.service.sync!.stats
-    await waitFor('the victim to have judged every offered receipt', () => stats.booked + stats.rejected['bad-receipt'] + stats.rejected.unrequested === 8, 10_000)
+    await waitFor('the victim to have judged every offered receipt', () => stats.booked + stats.rejected['bad-receipt'] + stats.rejected.unrequested === 9, 10_000)
     expect(stats.booked).toBe(5)
-    expect(stats.rejected['bad-receipt']).toBe(2)
+    expect(stats.rejected['bad-receipt']).toBe(3)
     expect(stats.rejected.unrequested).toBe(1)
+    expect(stats.refused).toMatchObject({ signature: 2, 'no-contract': 1 })
     const held = await victim.node.store.db.all<{ id: string }>('SELECT id FROM receipts ORDER BY id')
     expect(held.map((r) => r.id)).toEqual(genuine.map((r) => receiptId(r.receipt)).sort())
     expect((await allBalances(victim.node.store.db)).get(`agent:${peer(worker)}`)).toBe(earningsFromReceipts(genuine).get(peer(worker)))

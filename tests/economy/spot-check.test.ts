@@ -10,12 +10,11 @@ import { Gateway } from '../../runtime/gateway/server.ts'
 import { createKey } from '../../runtime/gateway/keys.ts'
 import { SpotChecker } from '../../runtime/gateway/spot-check.ts'
 import { agentAccount, balanceOf, conservation, userAccount } from '../../runtime/ledger/ledger.ts'
-import type { ContractRow } from '../../runtime/ledger/contracts.ts'
 import { FraudReportSchema } from '../../protocols/receipts.ts'
 import { EnvelopeSchema } from '../../protocols/envelope.ts'
 import { llamaBuildOrSkip } from '../engine/helpers.ts'
 import { stopAll, tempDir, waitFor } from '../helpers/mesh.ts'
-import { MODEL_NAME, pipelineContracts, recordContracts, startEconomyMesh, tinyModel, type EconomyMesh } from './fixture.ts'
+import { MODEL_NAME, pipelineContracts, recordContracts, startEconomyMesh, tinyModel, type EconomyMesh, type PipelineContract } from './fixture.ts'
 
 const RANGES: Array<[number, number]> = [[0, 2], [2, 4]]
 let dir: { path: string, cleanup: () => Promise<void> }
@@ -24,7 +23,7 @@ const servers: LlamaServerHandle[] = []
 let honest: LlamaServerHandle
 let cheating: LlamaServerHandle
 let mesh: EconomyMesh
-let contracts: ContractRow[]
+let contracts: PipelineContract[]
 let modelSha: string
 
 beforeAll(async () => {
@@ -42,7 +41,7 @@ beforeAll(async () => {
   // A long challenge window: nothing settles until the test says so.
   mesh = await startEconomyMesh(dir.path, 3, { settleDelayMs: 3_600_000 })
   const [head, w1, w2] = mesh.nodes
-  contracts = pipelineContracts(head, [w1, w2], modelSha, RANGES, [1_000_000, 1_000_000])
+  contracts = await pipelineContracts(head, [w1, w2], modelSha, RANGES, [1_000_000, 1_000_000])
   await recordContracts(mesh.nodes, contracts)
 }, 600_000)
 
