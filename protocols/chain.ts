@@ -23,7 +23,9 @@ export const ChainHopSchema = z.object({
   peer: peerId,
   contract: z.string().regex(/^[0-9a-f]{32}$/),
   start: z.number().int().nonnegative().max(4096),
-  end: z.number().int().positive().max(4096)
+  end: z.number().int().positive().max(4096),
+  /** SHA-256 of the stage file (runtime/engine/stage-gguf.ts) the head serves for this range: what the stage must run. */
+  weights: z.string().regex(SHA256_HEX).optional()
 }).strict()
 
 export const ChainTicketSchema = z.object({

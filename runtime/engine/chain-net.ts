@@ -10,7 +10,7 @@
 // /clawmesh/stage-return/1 carries the last hop's results back to the head, checked the same way.
 // A stage that refuses or fails sends ERROR upstream, naming itself; every stage passes errors from
 // downstream on, so the head always learns which hop broke and why.
-import { mkdirSync, existsSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import type { Connection, PeerId, PrivateKey, Stream } from '@libp2p/interface';
@@ -23,6 +23,8 @@ import { ContractBook, verifyMarketContract, type ContractVerifier } from './con
 import { DelayLine, type LinkShape } from './splice.js';
 import { StageProcess } from './stage-proc.js';
 import { writeStageGguf } from './stage-gguf.js';
+import { fetchStageWeights } from './stage-weights.js';
+import { sha256File } from './catalog.js';
 import type { ChainPath } from './chain.js';
 
 export const STAGE_PROTOCOL = '/clawmesh/stage/1';
@@ -147,7 +149,7 @@ export interface StageServerOptions {
   peerId: PeerId;
   /** The stage program (ensureStageBinary()). */
   bin: string;
-  /** A full copy of the model with this SHA-256, if this machine has one (the stage file is cut from it). */
+  /** A full copy of the model with this SHA-256, if this machine has one (its stage files are cut from it, nothing is fetched). */
   modelFile: (sha256: string) => string | undefined;
   /** Where stage files are kept, named by model and range, across restarts. */
   cacheDir: string;
@@ -278,7 +280,7 @@ export class StageServer {
       return;
     }
     try {
-      proc = await this.stageFor(hop, t.model);
+      proc = await this.stageFor(hop, t.model, t.head);
     } catch (err) {
       this.refuse(up, from, f.index, `cannot start the stage: ${(err as Error).message}`);
       return;
@@ -307,17 +309,16 @@ export class StageServer {
     for (const b of pending.splice(0)) handle(b[0], b.subarray(1));
   }
 
-  /** One stage process per contract, started on first use; its stage file is cut once and kept. */
-  private stageFor(hop: ChainHop, model: string): Promise<StageProcess> {
+  /**
+   * One stage process per contract, started on first use. Its stage file is the one the ticket names
+   * by hash: found on disk, cut from this node's own copy of the model (the cut is deterministic), or
+   * fetched from the head.
+   */
+  private stageFor(hop: ChainHop, model: string, head: string): Promise<StageProcess> {
     let p = this.procs.get(hop.contract);
     if (p === undefined) {
       p = (async () => {
-        const file = join(this.o.cacheDir, `${model.slice(0, 16)}-${hop.start}-${hop.end}.gguf`);
-        if (!existsSync(file)) {
-          const src = this.o.modelFile(model);
-          if (src === undefined) throw new Error(`this node holds no copy of model ${model.slice(0, 12)}… to cut layers ${hop.start}-${hop.end - 1} from`);
-          writeStageGguf(src, file, { start: hop.start, end: hop.end });
-        }
+        const file = await this.stageFile(hop, model, head);
         const proc = await StageProcess.start({ bin: this.o.bin, model: file, role: 'stage', threads: this.o.threads, seqs: this.o.seqs, batch: this.o.batch, ctx: this.o.ctx });
         proc.child.once('exit', () => { if (this.procs.get(hop.contract) === p) this.procs.delete(hop.contract); });
         return proc;
@@ -326,6 +327,27 @@ export class StageServer {
       this.procs.set(hop.contract, p);
     }
     return p;
+  }
+
+  private async stageFile(hop: ChainHop, model: string, head: string): Promise<string> {
+    const src = this.o.modelFile(model);
+    const cut = join(this.o.cacheDir, `${model.slice(0, 16)}-${hop.start}-${hop.end}.gguf`);
+    if (hop.weights === undefined) {
+      if (src === undefined) throw new Error(`this node holds no copy of model ${model.slice(0, 12)}… and the ticket names no weights for layers ${hop.start}-${hop.end - 1}`);
+      if (!existsSync(cut)) writeStageGguf(src, cut, { start: hop.start, end: hop.end });
+      return cut;
+    }
+    const byHash = join(this.o.cacheDir, `${hop.weights}.gguf`);
+    if (existsSync(byHash)) return byHash;
+    if (src !== undefined) {
+      if (!existsSync(cut)) writeStageGguf(src, cut, { start: hop.start, end: hop.end });
+      if ((await sha256File(cut)) === hop.weights) { renameSync(cut, byHash); return byHash; }
+      this.o.log?.warn('own cut of the model differs from the head\'s stage file; fetching the head\'s', { layers: `${hop.start}-${hop.end - 1}` });
+    }
+    const t0 = Date.now();
+    const path = await fetchStageWeights(this.o.host, peerIdFromString(head), { model, start: hop.start, end: hop.end, contract: hop.contract, sha256: hop.weights }, this.o.cacheDir);
+    this.o.log?.info('received stage weights', { layers: `${hop.start}-${hop.end - 1}`, ms: Date.now() - t0 });
+    return path;
   }
 }
 
