@@ -126,6 +126,8 @@ export const ConfigSchema = z.object({
   bootstrap: z.array(z.string().startsWith('/')).default([]),
   /** Private mesh: a 32-byte pre-shared key in hex; peers without it cannot even finish a handshake. */
   meshKey: z.string().regex(/^[0-9a-f]{64}$/).optional(),
+  /** Private mesh: how long a peer that is not admitted may stay connected to redeem an invite. */
+  admissionGraceMs: z.number().int().min(100).max(600_000).default(10_000),
   mdns: z.boolean().default(true),
   dht: z.boolean().default(true),
   nat: z.object({
