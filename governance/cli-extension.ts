@@ -81,7 +81,8 @@ const extension: CliExtension = {
 
   async onStart (node: MeshNode) {
     const { VoteService } = await import('./votes.ts')
-    const votes = new VoteService(node)
+    const { rulesFromConfig } = await import('./rules.ts')
+    const votes = new VoteService(node, rulesFromConfig(node.config.voting))
     await votes.start()
     let stopKeeper: (() => void) | undefined
     const settings = node.config.governance

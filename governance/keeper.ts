@@ -7,7 +7,7 @@ import { QUORUM_CONTEXT, evaluateQuorum, quorumStatus, type QuorumResult } from 
 export interface KeeperOptions {
   forge: KeeperForge
   allowList: readonly string[]
-  /** The owners' floor; a voted `review-quorum` parameter may raise it, never lower it. */
+  /** The owners' floor; a voted `review-quorum` parameter may raise it (never lower it, nor past allowList.length). */
   requiredApprovals: number
   /** The network's voted review-quorum, if any (read on every pass, so a vote applies at once). */
   votedQuorum?: () => Promise<number | undefined>
@@ -52,9 +52,14 @@ export class QuorumKeeper {
     return this.o.agentLogins.some((l) => l.toLowerCase() === pr.author.toLowerCase()) || parseMarker(pr.body) !== undefined
   }
 
+  /**
+   * The owners' floor, raised by a voted review-quorum, but never past the number of allow-listed
+   * reviewers: nothing voted may leave the humans unable to merge (a vote for 20 approvals with 3
+   * reviewers left every PR "pending 3 of 20").
+   */
   async required (): Promise<number> {
     const voted = await this.o.votedQuorum?.()
-    return Math.max(this.o.requiredApprovals, voted ?? 0)
+    return Math.min(Math.max(this.o.requiredApprovals, voted ?? 0), this.o.allowList.length)
   }
 
   /** One pass over the open agent pull requests; passes never overlap. */

@@ -5,12 +5,16 @@ import { MAX_CLOCK_SKEW_MS } from '../protocols/version.ts'
 import {
   VOTE_MAX_LAG_MS, proposalId, type NetworkParameter, type ParameterProposal, type Vote, type VoteChoice
 } from '../protocols/governance.ts'
+import { ruleBreach, weightOf, type VotingRules } from './rules.ts'
 
 /**
  * The vote-counting rules. Every input here is signed data, never a node's receipt time or arrival
  * order, so any node holding the same set of envelopes computes the same result byte for byte:
  *
- * - one voter = one peer id (the envelope's verified author);
+ * - the owners' rules (rules.ts), never the proposer, decide who votes, the quorum, the voting period
+ *   and each parameter's bounds: a proposal that breaks them is 'invalid' and changes nothing;
+ * - a voter is a peer id (the envelope's verified author) weighing what the owners attested for it; an
+ *   unattested key weighs nothing (its votes are listed as 'not-attested'), so fresh keys add nothing;
  * - a vote counts only if cast at or before the deadline and not before the proposal was made (less
  *   the allowed clock skew), by the
  *   vote's own castAt, which must lie within [env.ts - VOTE_MAX_LAG_MS, env.ts]: a voter cannot claim a
@@ -19,26 +23,31 @@ import {
  *   can accept a countable vote any more and each can finalize on its own clock;
  * - a voter may change their mind: their last countable vote (highest castAt; ties broken by the
  *   larger envelope id) is the one that counts; exact duplicates are the same envelope and count once;
- * - quorum: at least `quorum` distinct voters, abstentions included; passed: quorum met and strictly
- *   more yes than no.
+ * - quorum: attested weight taking part (abstentions included) of at least the owners' quorum, or the
+ *   proposal's if higher; passed: quorum met and strictly more yes weight than no weight.
  */
-export type Outcome = 'passed' | 'rejected' | 'no-quorum'
+export type Outcome = 'passed' | 'rejected' | 'no-quorum' | 'invalid'
 
 export interface Tally {
   proposal: string
   parameter: NetworkParameter
   value: number
   deadline: number
+  /** The attested weight needed: the owners' quorum, or the proposal's if higher. */
   quorum: number
+  /** Attested weight of yes, no and abstain votes. */
   yes: number
   no: number
   abstain: number
+  /** Attested voters whose vote counted. */
   voters: number
   outcome: Outcome
+  /** Why the proposal is invalid under the owners' rules (outcome 'invalid'). */
+  breach?: string
   /** The vote that counted for each voter (peer id → envelope id), sorted by peer id. */
-  counted: Array<{ voter: string, vote: string, choice: VoteChoice }>
+  counted: Array<{ voter: string, vote: string, choice: VoteChoice, weight: number }>
   /** Envelopes that did not count and why, sorted; duplicates of a counted envelope are not listed. */
-  ignored: Array<{ voter: string, vote: string, reason: 'late' | 'before-proposal' | 'bad-timestamp' | 'ttl-too-long' | 'superseded' }>
+  ignored: Array<{ voter: string, vote: string, reason: 'late' | 'before-proposal' | 'bad-timestamp' | 'ttl-too-long' | 'superseded' | 'not-attested' }>
   /** SHA-256 of the canonical JSON of everything above: equal digests, equal tallies. */
   digest: string
 }
@@ -48,7 +57,7 @@ export function finalizeAt (proposal: ParameterProposal): number {
   return proposal.deadline + VOTE_MAX_LAG_MS + proposal.voteTtlMs
 }
 
-export function tallyVotes (proposalEnv: Envelope<ParameterProposal>, votes: Iterable<Envelope<Vote>>): Tally {
+export function tallyVotes (proposalEnv: Envelope<ParameterProposal>, votes: Iterable<Envelope<Vote>>, rules: VotingRules): Tally {
   const id = proposalId(proposalEnv)
   const p = proposalEnv.body
   // Deduplicate exact copies first (same author, same envelope id), then work in a canonical order so
@@ -70,14 +79,22 @@ export function tallyVotes (proposalEnv: Envelope<ParameterProposal>, votes: Ite
     if (newer) latest.set(v.from, v)
   }
 
-  const counted = [...latest.values()].map((v) => ({ voter: v.from, vote: v.id, choice: v.body.choice }))
+  const counted: Tally['counted'] = []
+  for (const v of latest.values()) {
+    const weight = weightOf(rules, v.from)
+    if (weight > 0) counted.push({ voter: v.from, vote: v.id, choice: v.body.choice, weight })
+    else ignored.push({ voter: v.from, vote: v.id, reason: 'not-attested' })
+  }
   counted.sort((a, b) => cmp(a.voter, b.voter))
   ignored.sort((a, b) => cmp(a.voter, b.voter) || cmp(a.vote, b.vote))
-  const yes = counted.filter((c) => c.choice === 'yes').length
-  const no = counted.filter((c) => c.choice === 'no').length
-  const abstain = counted.length - yes - no
-  const outcome: Outcome = counted.length < p.quorum ? 'no-quorum' : yes > no ? 'passed' : 'rejected'
-  const result = { proposal: id, parameter: p.parameter, value: p.value, deadline: p.deadline, quorum: p.quorum, yes, no, abstain, voters: counted.length, outcome, counted, ignored }
+  const sum = (choice: VoteChoice): number => counted.filter((c) => c.choice === choice).reduce((n, c) => n + c.weight, 0)
+  const yes = sum('yes')
+  const no = sum('no')
+  const abstain = sum('abstain')
+  const quorum = Math.max(rules.quorum, p.quorum)
+  const breach = ruleBreach(rules, proposalEnv)
+  const outcome: Outcome = breach !== undefined ? 'invalid' : yes + no + abstain < quorum ? 'no-quorum' : yes > no ? 'passed' : 'rejected'
+  const result = { proposal: id, parameter: p.parameter, value: p.value, deadline: p.deadline, quorum, yes, no, abstain, voters: counted.length, outcome, ...(breach !== undefined ? { breach } : {}), counted, ignored }
   return { ...result, digest: toBase64Url(createHash('sha256').update(canonicalBytes(result)).digest()) }
 }
 

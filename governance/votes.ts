@@ -1,8 +1,8 @@
 import type { Envelope } from '../protocols/envelope.ts'
 import {
-  MAX_VOTING_PERIOD_MS, MIN_VOTING_PERIOD_MS, ParameterProposalKind, ParameterProposalSchema, VoteKind, proposalId,
-  type ParameterProposal, type Vote, type VoteChoice
+  ParameterProposalKind, ParameterProposalSchema, VoteKind, proposalId, type ParameterProposal, type Vote, type VoteChoice
 } from '../protocols/governance.ts'
+import { boundsOf, type VotingRules } from './rules.ts'
 import type { GossipBus } from '../runtime/node/gossip.ts'
 import type { Logger } from '../runtime/log.ts'
 import { GovernanceStore, migrateGovernance, type GovernanceDb } from './store.ts'
@@ -15,7 +15,8 @@ export interface VoteNode {
   log: Logger
 }
 
-export type ProposalInput = Omit<ParameterProposal, 'deadline'> & { deadline?: number, votingPeriodMs?: number }
+/** What a proposer chooses: the parameter, its value, why, and how long vote envelopes may live. */
+export type ProposalInput = Pick<ParameterProposal, 'parameter' | 'value' | 'rationale' | 'voteTtlMs'>
 
 /**
  * Parameter votes over gossip. Proposals and votes are stored as signed envelopes the moment they are
@@ -31,7 +32,7 @@ export class VoteService {
   private readonly listeners: Array<(t: Tally) => void> = []
   private stopped = false
 
-  constructor (private readonly node: VoteNode, private readonly now: () => number = Date.now) {
+  constructor (private readonly node: VoteNode, readonly rules: VotingRules, private readonly now: () => number = Date.now) {
     this.store = new GovernanceStore(node.store.db)
   }
 
@@ -58,14 +59,14 @@ export class VoteService {
     this.listeners.push(fn)
   }
 
+  /**
+   * Proposes a value under the owners' rules: their voting period and quorum go into the proposal, and
+   * a value outside their bounds is refused here rather than published to be voted invalid everywhere.
+   */
   async propose (input: ProposalInput): Promise<{ id: string, env: Envelope<ParameterProposal> }> {
-    const { votingPeriodMs, ...rest } = input
-    const deadline = rest.deadline ?? this.now() + (votingPeriodMs ?? 24 * 3600_000)
-    const period = deadline - this.now()
-    if (period < MIN_VOTING_PERIOD_MS || period > MAX_VOTING_PERIOD_MS) {
-      throw new RangeError(`a voting period must last ${MIN_VOTING_PERIOD_MS} ms to ${MAX_VOTING_PERIOD_MS / 86_400_000} days; this one lasts ${period} ms`)
-    }
-    const body = ParameterProposalSchema.parse({ ...rest, deadline })
+    const { min, max } = boundsOf(this.rules, input.parameter)
+    if (input.value < min || input.value > max) throw new RangeError(`${input.parameter} = ${input.value} is outside the owners' bounds [${min}, ${max}] (voting.bounds in config.json)`)
+    const body = ParameterProposalSchema.parse({ ...input, deadline: this.now() + this.rules.votingPeriodMs, quorum: Math.min(this.rules.quorum, 10_000) })
     const env = await this.bus.publish(ParameterProposalKind, body)
     const id = proposalId(env)
     await this.acceptProposal(env)
@@ -85,7 +86,7 @@ export class VoteService {
   async tally (proposal: string): Promise<Tally> {
     const p = await this.store.getProposal(proposal)
     if (p === undefined) throw new Error(`unknown proposal ${proposal}`)
-    return tallyVotes(p, await this.store.votesFor(proposal))
+    return tallyVotes(p, await this.store.votesFor(proposal), this.rules)
   }
 
   /** Finalizes now if the proposal's time has come; returns the stored result, if any. */
@@ -103,7 +104,7 @@ export class VoteService {
     const p = await this.store.getProposal(id)
     if (p === undefined) return undefined
     if (this.now() < finalizeAt(p.body)) { this.schedule(id, p.body); return undefined }
-    const tally = tallyVotes(p, await this.store.votesFor(id))
+    const tally = tallyVotes(p, await this.store.votesFor(id), this.rules)
     if (await this.store.finalize(tally, resolveParameters, this.now())) {
       this.node.log.info('proposal finalized', { proposal: id, parameter: tally.parameter, value: tally.value, outcome: tally.outcome, yes: tally.yes, no: tally.no, voters: tally.voters })
       for (const fn of this.listeners) fn(tally)

@@ -22,6 +22,11 @@ export const InviteSchema = z.object({
   exp: z.number().int().positive().optional(),
   /** Set on single-use invites: the id the inviter redeems once. */
   once: z.string().regex(/^[A-Za-z0-9_-]{16,43}$/).optional(),
+  /**
+   * Set on reusable private-mesh invites: the id the inviter redeems for every peer that joins before
+   * it expires. Members admit a peer only after a redemption, so the key alone opens nothing.
+   */
+  ticket: z.string().regex(/^[A-Za-z0-9_-]{16,43}$/).optional(),
   by: z.string(),
   sig: z.string()
 }).strict()
@@ -73,4 +78,9 @@ export async function parseInvite (line: string, now = Date.now()): Promise<Invi
     throw new InviteError(`the invite expired at ${new Date(invite.exp).toISOString()}; ask for a new one`)
   }
   return invite
+}
+
+/** The id the inviting node redeems for this invite, if it must be redeemed at all. */
+export function redemptionId (invite: Invite): string | undefined {
+  return invite.once ?? invite.ticket
 }

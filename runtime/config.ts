@@ -3,6 +3,7 @@ import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { z } from 'zod'
 import { NETWORK_ID_PATTERN } from '../protocols/index.ts'
+import { MAX_VOTING_PERIOD_MS, MIN_VOTING_PERIOD_MS, PARAMETER_NAMES, type NetworkParameter } from '../protocols/governance.ts'
 
 export const DEFAULT_NETWORK = 'clawmesh'
 export const DEFAULT_PORT = 4011
@@ -122,6 +123,25 @@ export const GovernanceSettingsSchema = z.object({
   if (both.length > 0) ctx.addIssue({ code: 'custom', path: ['allowList'], message: `${both.join(', ')} cannot be both a human reviewer and an agent` })
 })
 
+/**
+ * The owners' rules for network-parameter votes (governance/rules.ts applies them). Proposers choose
+ * none of them: a proposal that breaks them is invalid wherever these rules hold, so every owner of a
+ * mesh should set the same ones (nodes with different rules may finalize differently).
+ */
+export const VotingSettingsSchema = z.object({
+  /**
+   * Owner-attested voters: peer id → weight. Only these votes count; a fresh key weighs nothing, so a
+   * thousand keys are no votes at all. Attest the agents of owners you know.
+   */
+  voters: z.record(z.string().min(40).max(80), z.number().int().min(1).max(1000)).default({}),
+  /** Attested weight that must take part (yes, no or abstain) for a result to bind. */
+  quorum: z.number().int().min(1).max(1_000_000).default(2),
+  /** How long every vote stays open, from the moment the proposal is signed. */
+  votingPeriodMs: z.number().int().min(MIN_VOTING_PERIOD_MS).max(MAX_VOTING_PERIOD_MS).default(24 * 3600_000),
+  /** Narrower bounds than the protocol's for some parameters, e.g. {"review-quorum": {"min": 1, "max": 3}}. */
+  bounds: z.partialRecord(z.enum(PARAMETER_NAMES as [NetworkParameter, ...NetworkParameter[]]), z.object({ min: z.number(), max: z.number() }).strict()).default({})
+}).strict()
+
 export const ConfigSchema = z.object({
   name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/).default('default'),
   networkId: z.string().regex(NETWORK_ID_PATTERN).default(DEFAULT_NETWORK),
@@ -131,6 +151,8 @@ export const ConfigSchema = z.object({
   bootstrap: z.array(z.string().startsWith('/')).default([]),
   /** Private mesh: a 32-byte pre-shared key in hex; peers without it cannot even finish a handshake. */
   meshKey: z.string().regex(/^[0-9a-f]{64}$/).optional(),
+  /** Private mesh: how long a peer that is not admitted may stay connected to redeem an invite. */
+  admissionGraceMs: z.number().int().min(100).max(600_000).default(10_000),
   mdns: z.boolean().default(true),
   dht: z.boolean().default(true),
   nat: z.object({
@@ -175,6 +197,8 @@ export const ConfigSchema = z.object({
   agent: AgentSettingsSchema.optional(),
   /** Pull-request proposals and the human review quorum (governance/); omitted = off. */
   governance: GovernanceSettingsSchema.optional(),
+  /** The owners' rules for network-parameter votes (every node votes; see VotingSettingsSchema). */
+  voting: VotingSettingsSchema.prefault({}),
   /** The paid OpenAI-compatible API a head sells its pipeline through (runtime/gateway); omitted = off. */
   gateway: z.object({
     host: z.string().default('127.0.0.1'),

@@ -5,7 +5,7 @@ import { createInvite } from '../../protocols/index.ts'
 import { DATABASE_FILE, loadConfig } from '../config.ts'
 import { loadOrCreateIdentity } from '../node/identity.ts'
 import { isAlive, readLiveStatus, type NodeStatus } from '../node/status-file.ts'
-import { recordSingleUseInvite } from '../node/invites.ts'
+import { recordInvite } from '../node/invites.ts'
 import { Store, type PeerRow } from '../store/store.ts'
 import { moneySummary, type MoneySummary } from '../ledger/summary.ts'
 import { initHome, startCommand, type InitOptions } from './home.ts'
@@ -168,22 +168,24 @@ export async function cmdInvite (home: string, opts: Out & { expires?: string, o
   const { key } = await loadOrCreateIdentity(home)
   const exp = opts.expires !== undefined ? Date.now() + parseDuration(opts.expires) : undefined
   const boot = rankAddrs(addrs)
-  let once: string | undefined
-  if (opts.once === true) {
-    once = randomBytes(16).toString('base64url')
+  // Invites of a private mesh are always redeemed with this node: members let in only peers a member
+  // admitted, so the mesh key in the line is not enough on its own (a reused or expired invite opens nothing).
+  const redeemed = opts.once === true || config.meshKey !== undefined
+  const id = redeemed ? randomBytes(16).toString('base64url') : undefined
+  if (id !== undefined) {
     const store = await Store.open(join(home, DATABASE_FILE))
-    try { await recordSingleUseInvite(store, once, exp) } finally { await store.close() }
+    try { await recordInvite(store, id, exp, opts.once === true) } finally { await store.close() }
   }
   const invite = await createInvite(key, {
     net: config.networkId,
     boot,
     ...(config.meshKey !== undefined ? { psk: config.meshKey } : {}),
     ...(exp !== undefined ? { exp } : {}),
-    ...(once !== undefined ? { once } : {})
+    ...(id !== undefined ? (opts.once === true ? { once: id } : { ticket: id }) : {})
   })
-  if (opts.json) return printJson({ invite, networkId: config.networkId, bootstrap: boot, privateMesh: config.meshKey !== undefined, expiresAt: exp ?? null, singleUse: once !== undefined })
+  if (opts.json) return printJson({ invite, networkId: config.networkId, bootstrap: boot, privateMesh: config.meshKey !== undefined, expiresAt: exp ?? null, singleUse: opts.once === true })
   console.log(invite)
-  if (config.meshKey !== undefined) console.error('This invite carries the private-mesh key: share it only with people you let in.')
+  if (config.meshKey !== undefined) console.error('This invite carries the private-mesh key: share it only with people you let in. The joiner should pass it on stdin or in a file (clawmesh join --invite-file), never as an argument.')
 }
 
 export interface StopReport {

@@ -4,6 +4,10 @@ import { resolveHome, CONFIG_ENV_VARS } from '../config.ts'
 import { SOFTWARE_VERSION } from '../version.ts'
 import { loadExtensions, type CliContext, type CliExtension } from './extension.ts'
 import { registerKeysCommands } from './keys.ts'
+import { readInviteLine, scrubInviteFromArguments } from './invite-input.ts'
+
+// First thing: an invite given as an argument carries the mesh key; take it off our command line.
+scrubInviteFromArguments()
 
 // Commands load libp2p, sqlite and friends only when they run, so that --help and typos answer at once.
 const commands = async (): Promise<typeof import('./commands.ts')> => await import('./commands.ts')
@@ -98,13 +102,15 @@ export function buildProgram (extensions: CliExtension[] = []): Command {
     .action(async (o: HomeOpts & { expires?: string, once?: boolean }) => { await (await commands()).cmdInvite(home(o), { json: o.json === true, expires: o.expires, once: o.once }) })
 
   homeOptions(program.command('join'))
-    .description('set up this agent from an invite and start it')
-    .argument('<invite>', 'the line printed by "clawmesh invite"')
+    .description('set up this agent from an invite and start it (the invite from --invite-file FILE, or stdin with --invite-file -)')
+    .argument('[invite]', 'the line printed by "clawmesh invite", or "-" for stdin; discouraged: an argument is readable by other local users, use --invite-file')
+    .option('--invite-file <path>', 'read the invite from this file ("-": stdin), so that its mesh key never appears in process arguments')
     .option('--port <port>', 'TCP port to listen on (default 4011)', parsePort)
     .addOption(listenOption())
-    .option('--no-start', 'only write the configuration (and redeem a single-use invite); start later with "clawmesh start"')
+    .option('--no-start', 'only write the configuration (and redeem the invite); start later with "clawmesh start"')
     .addOption(json)
-    .action(async (line: string, o: HomeOpts & { port?: number, listen?: string[], start: boolean }) => {
+    .action(async (argument: string | undefined, o: HomeOpts & { inviteFile?: string, port?: number, listen?: string[], start: boolean }) => {
+      const line = await readInviteLine({ argument, file: o.inviteFile }, (message) => process.stderr.write(`clawmesh: ${message}\n`))
       await (await starting()).cmdJoin(home(o), line, { json: o.json === true, start: o.start, name: o.name, port: o.port, listen: o.listen }, extensions)
       if (o.start) process.exit(0)
     })

@@ -1,10 +1,11 @@
 import { access, rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { InviteError, parseInvite, type Invite, type Presence } from '../../protocols/index.ts'
+import { InviteError, parseInvite, redemptionId, type Invite, type Presence } from '../../protocols/index.ts'
 import { readConfigFile, writeConfigFile, type ConfigInput } from '../config.ts'
 import { MeshNode } from '../node/node.ts'
 import { createHost } from '../node/host.ts'
 import { requestRedemption, type RedeemResult } from '../node/invites.ts'
+import { recordAdmission } from '../node/admission.ts'
 import { startBoardIfEnabled } from '../board/index.ts'
 import { initHome, startCommand } from './home.ts'
 import type { CliExtension } from './extension.ts'
@@ -96,11 +97,18 @@ function printOffer (presence: Presence, config: MeshNode['config']): void {
 
 /**
  * Sets the agent up from an invite and starts it (or, with start false, only configures it and prints
- * how to start it). A single-use invite is redeemed with the inviting node first; if it refuses,
- * everything this join wrote is undone and the reason is shown.
+ * how to start it). An invite that must be redeemed (single-use, or any invite of a private mesh) is
+ * redeemed with the inviting node first, over a bare libp2p connection (no gossip, no presence, nothing
+ * listening), before any node runs; if it refuses, everything this join wrote is undone and the reason
+ * is shown. A private-mesh joiner then admits its inviter: the first member it lets in and learns the
+ * rest of the mesh from.
  */
 export async function cmdJoin (home: string, line: string, opts: Out & { start: boolean, name?: string, port?: number, listen?: string[] }, extensions: CliExtension[] = []): Promise<Invite> {
   const invite = await parseInvite(line)
+  const redeemId = redemptionId(invite)
+  if (invite.psk !== undefined && redeemId === undefined) {
+    throw new InviteError('this private-mesh invite predates admission control: its members would not let this agent in; ask the inviter for a new invite')
+  }
   const fresh = !await exists(join(home, 'identity.key'))
   const previous = fresh ? undefined : await readConfigFile(home)
   const result = await initHome(home, {
@@ -117,7 +125,9 @@ export async function cmdJoin (home: string, line: string, opts: Out & { start: 
   }
   const redeem = async (ask: () => Promise<RedeemResult>): Promise<void> => {
     const reply = await ask().catch((err: unknown) => {
-      throw new InviteError(`could not reach the inviting agent ${invite.by} to redeem the invite: ${(err as Error).message}`)
+      // A private mesh node refuses a peer it has not admitted unless it has an invite left to redeem.
+      const hint = invite.psk !== undefined ? ' (a private mesh node lets in a peer it has not admitted only while it holds an unused, unexpired invite: this one may be used up or expired, or the inviting node is down)' : ''
+      throw new InviteError(`could not reach the inviting agent ${invite.by} to redeem the invite: ${(err as Error).message}${hint}`)
     })
     if (!reply.ok) throw new InviteError(`the inviting agent refused the invite: ${reply.reason ?? 'no reason given'}`)
   }
@@ -128,30 +138,27 @@ export async function cmdJoin (home: string, line: string, opts: Out & { start: 
     printOffer(await node.describe(), node.config)
   }
   try {
-    if (opts.start) {
-      await cmdStart(home, {}, extensions, async (node) => {
-        if (invite.once !== undefined) await redeem(async () => await requestRedemption(node.host!, invite.by, invite.boot, invite.once!))
-        await welcome(node)
-      })
-    } else {
-      // No node runs: the inviter's head must not see a worker that is about to vanish. A single-use
-      // invite needs a connection to redeem it, so a bare libp2p host (no gossip, no presence, no
-      // agent, nothing listening) makes that one call and goes.
-      const node = await MeshNode.open({ home })
-      try {
-        if (invite.once !== undefined) {
-          const host = await createHost(node.key, { ...node.config, listen: [], announce: [], bootstrap: [], mdns: false, dht: false, nat: { ...node.config.nat, relayClient: false, relays: [], relayServer: false, autonat: false, dcutr: false } })
-          try {
-            await redeem(async () => await requestRedemption(host, invite.by, invite.boot, invite.once!))
-          } finally {
-            await host.stop()
-          }
+    // Not node.stop() below: that clears status.json, which belongs to a node that may run from this home.
+    const node = await MeshNode.open({ home })
+    try {
+      if (redeemId !== undefined) {
+        // The inviter's head must not see a worker that is about to vanish, and a private mesh lets in
+        // no node before its redemption: a bare host makes this one call and goes.
+        const host = await createHost(node.key, { ...node.config, listen: [], announce: [], bootstrap: [], mdns: false, dht: false, nat: { ...node.config.nat, relayClient: false, relays: [], relayServer: false, autonat: false, dcutr: false } })
+        try {
+          await redeem(async () => await requestRedemption(host, invite.by, invite.boot, redeemId))
+        } finally {
+          await host.stop()
         }
-        await welcome(node)
-      } finally {
-        // Not node.stop(): that clears status.json, which belongs to a node that may run from this home.
-        await node.store.close()
       }
+      if (invite.psk !== undefined) await recordAdmission(node.store, invite.by, 'invite', invite.by, redeemId)
+      if (!opts.start) await welcome(node)
+    } finally {
+      await node.store.close()
+    }
+    if (opts.start) {
+      await cmdStart(home, {}, extensions, welcome)
+    } else {
       const start = startCommand(home, opts.name)
       if (opts.json) printJson({ home: result.home, peerId: result.peerId, networkId: invite.net, bootstrap: invite.boot, privateMesh: invite.psk !== undefined, start })
       else console.log(`Start it with: ${start}`)

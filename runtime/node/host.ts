@@ -14,7 +14,7 @@ import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay
 import { autoNAT } from '@libp2p/autonat'
 import { dcutr } from '@libp2p/dcutr'
 import { preSharedKey } from '@libp2p/pnet'
-import type { Metrics, PrivateKey } from '@libp2p/interface'
+import type { ConnectionGater, Metrics, PrivateKey } from '@libp2p/interface'
 import type { Identify } from '@libp2p/identify'
 import type { Ping } from '@libp2p/ping'
 import { dhtProtocolFor } from '../../protocols/index.ts'
@@ -60,6 +60,10 @@ export interface HostExtras {
   metrics?: (components: any) => Metrics
   /** Gossipsub's own metrics (RPC bytes sent and received, among others). */
   gossipsubMetrics?: MetricsRegister
+  /** Refuses connections (a private mesh's admission gate). */
+  connectionGater?: ConnectionGater
+  /** Gossipsub's application-specific score of a peer (weighted 10); far below -8 graylists it. */
+  appScore?: (peerId: string) => number
 }
 
 export async function createHost (key: PrivateKey, config: Config, extras: HostExtras = {}): Promise<Host> {
@@ -92,7 +96,10 @@ export async function createHost (key: PrivateKey, config: Config, extras: HostE
       // Gossipsub penalises many peers behind one IP (a Sybil signal on the internet). On a LAN or
       // loopback mesh every peer shares the same address space, and 12+ local peers would graylist
       // each other, so the penalty is off there.
-      ...(lanOnly ? { scoreParams: { IPColocationFactorWeight: 0 } } : {}),
+      scoreParams: {
+        ...(lanOnly ? { IPColocationFactorWeight: 0 } : {}),
+        ...(extras.appScore !== undefined ? { appSpecificScore: extras.appScore } : {})
+      },
       ...(extras.gossipsubMetrics !== undefined ? { metricsRegister: extras.gossipsubMetrics, metricsTopicStrToLabel: new Map() } : {})
     })
   }
@@ -124,6 +131,7 @@ export async function createHost (key: PrivateKey, config: Config, extras: HostE
     // hold at least one full window (stack.md gotcha #3).
     streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: 4 * 1024 * 1024, maxReadBufferLength: 8 * 1024 * 1024 } })],
     ...(config.meshKey !== undefined ? { connectionProtector: preSharedKey({ psk: swarmKeyFromHex(config.meshKey) }) } : {}),
+    ...(extras.connectionGater !== undefined ? { connectionGater: extras.connectionGater } : {}),
     peerDiscovery,
     // libp2p accepts 5 inbound connections per second per IP by default, which refuses half of a LAN
     // (or loopback) mesh that starts at once; on a LAN-only mesh the per-IP limit protects nothing.

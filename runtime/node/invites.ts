@@ -10,7 +10,7 @@ import type { Logger } from '../log.ts'
 
 export const INVITE_PROTOCOL = '/clawmesh/invite/1'
 
-/** The inviting node's record of single-use invites (its own migration namespace). */
+/** The inviting node's record of the invites it must redeem (its own migration namespace). */
 const INVITE_MIGRATIONS = [`
   CREATE TABLE invites (
     id          TEXT PRIMARY KEY,
@@ -18,6 +18,15 @@ const INVITE_MIGRATIONS = [`
     expires_at  INTEGER,
     redeemed_by TEXT,
     redeemed_at INTEGER
+  );
+`, `
+  -- 2: reusable private-mesh invites (a ticket) are redeemed too, once per joining peer, until they expire.
+  ALTER TABLE invites ADD COLUMN single_use INTEGER NOT NULL DEFAULT 1;
+  CREATE TABLE invite_redemptions (
+    invite      TEXT NOT NULL,
+    peer_id     TEXT NOT NULL,
+    redeemed_at INTEGER NOT NULL,
+    PRIMARY KEY (invite, peer_id)
   );
 `]
 
@@ -29,10 +38,25 @@ export async function prepareInviteTable (store: Store): Promise<void> {
   await applyMigrations(store.db, 'invites', INVITE_MIGRATIONS)
 }
 
+/** Records an invite id so that the node redeems it: once (single-use), or for every peer until it expires. */
+export async function recordInvite (store: Store, id: string, expiresAt: number | undefined, singleUse: boolean): Promise<void> {
+  await prepareInviteTable(store)
+  await store.db.run('INSERT INTO invites (id, created_at, expires_at, single_use) VALUES (?, ?, ?, ?)', [id, Date.now(), expiresAt ?? null, singleUse ? 1 : 0])
+}
+
 /** Records a single-use invite id so that the node redeems it once. */
 export async function recordSingleUseInvite (store: Store, id: string, expiresAt: number | undefined): Promise<void> {
+  await recordInvite(store, id, expiresAt, true)
+}
+
+/**
+ * Whether some invite of this node can still be redeemed. Only then does a private mesh node let a peer
+ * it has not admitted connect at all (to redeem it): with no open invite there is nothing to redeem.
+ */
+export async function hasOpenInvites (store: Store, now = Date.now()): Promise<boolean> {
   await prepareInviteTable(store)
-  await store.db.run('INSERT INTO invites (id, created_at, expires_at) VALUES (?, ?, ?)', [id, Date.now(), expiresAt ?? null])
+  const row = await store.db.get('SELECT 1 AS open FROM invites WHERE (expires_at IS NULL OR expires_at > ?) AND (single_use = 0 OR redeemed_by IS NULL) LIMIT 1', [now])
+  return row !== undefined
 }
 
 /**
@@ -41,8 +65,15 @@ export async function recordSingleUseInvite (store: Store, id: string, expiresAt
  */
 export async function redeemInvite (store: Store, id: string, peerId: string, now = Date.now()): Promise<RedeemResult> {
   return await store.db.transaction(async (tx) => {
-    const row = await tx.get<{ expires_at: number | null, redeemed_by: string | null }>('SELECT expires_at, redeemed_by FROM invites WHERE id = ?', [id])
+    const row = await tx.get<{ expires_at: number | null, redeemed_by: string | null, single_use: number }>('SELECT expires_at, redeemed_by, single_use FROM invites WHERE id = ?', [id])
     if (row === undefined) return { ok: false, reason: 'this invite is unknown to the inviting node (it was not made there, or was revoked)' }
+    if (row.single_use === 0) {
+      const again = await tx.get('SELECT 1 AS seen FROM invite_redemptions WHERE invite = ? AND peer_id = ?', [id, peerId])
+      if (again !== undefined) return { ok: true }
+      if (row.expires_at !== null && row.expires_at <= now) return { ok: false, reason: 'this invite has expired; ask for a new one' }
+      await tx.run('INSERT INTO invite_redemptions (invite, peer_id, redeemed_at) VALUES (?, ?, ?)', [id, peerId, now])
+      return { ok: true }
+    }
     if (row.redeemed_by === peerId) return { ok: true }
     if (row.redeemed_by !== null) return { ok: false, reason: 'this single-use invite was already used by another agent; ask for a new one' }
     if (row.expires_at !== null && row.expires_at <= now) return { ok: false, reason: 'this invite has expired; ask for a new one' }
@@ -53,9 +84,9 @@ export async function redeemInvite (store: Store, id: string, peerId: string, no
 
 /**
  * Serves redemptions on the inviting node. The redeeming peer's id comes from the connection (noise
- * authenticated it), never from the request.
+ * authenticated it), never from the request; onRedeemed admits it (private meshes).
  */
-export async function serveInvites (host: Host, store: Store, log: Logger): Promise<void> {
+export async function serveInvites (host: Host, store: Store, log: Logger, onRedeemed?: (peer: string, invite: string) => Promise<void>): Promise<void> {
   await prepareInviteTable(store)
   await host.handle(INVITE_PROTOCOL, async (stream, connection) => {
     const lp = lpStream(stream)
@@ -64,6 +95,7 @@ export async function serveInvites (host: Host, store: Store, log: Logger): Prom
     try {
       const req = Request.parse(JSON.parse(fromUtf8((await lp.read({ signal: AbortSignal.timeout(5000) })).subarray())))
       result = await redeemInvite(store, req.id, peer)
+      if (result.ok) await onRedeemed?.(peer, req.id)
     } catch (err) {
       result = { ok: false, reason: `bad redemption request: ${(err as Error).message.slice(0, 200)}` }
     }

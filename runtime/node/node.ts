@@ -12,7 +12,10 @@ import { resolveModelPath, scanModelFiles, scanModels } from '../engine/catalog.
 import { createHost, type Host, type HostExtras } from './host.ts'
 import { loadOrCreateIdentity } from './identity.ts'
 import { GossipBus } from './gossip.ts'
-import { serveInvites } from './invites.ts'
+import { hasOpenInvites, serveInvites } from './invites.ts'
+import { Admissions } from './admission.ts'
+import { Probation, UNADMITTED_SCORE, admissionGater } from './admission-gate.ts'
+import { announceAdmission, listenForAdmissions, serveAdmissions, syncAdmissions } from './admission-sync.ts'
 import { serveContractQueries } from './contract-query.ts'
 import { PresenceService } from './presence.ts'
 import { probeHardware } from './hardware.ts'
@@ -52,6 +55,9 @@ export class MeshNode {
   readonly traffic = new TrafficCounter()
   /** The head's pipelines per model, as its agent reports them (board, status file). */
   readonly pipelines = new PipelineStates()
+  /** Who may be in this private mesh (undefined on an open mesh). */
+  admissions: Admissions | undefined
+  private probation: Probation | undefined
   private currentState = 'offline'
   private readonly history: StateChange[] = [{ state: 'offline', at: Date.now() }]
   private readonly startedAt = Date.now()
@@ -135,17 +141,37 @@ export class MeshNode {
       throw new Error(`a node is already running from ${this.home} (pid ${running.pid}); stop it first`)
     }
     this.state = 'booting'
-    const host = await createHost(this.key, this.config, { metrics: this.traffic.metrics(), ...this.hostExtras })
+    const extras: HostExtras = { metrics: this.traffic.metrics(), ...this.hostExtras }
+    const admissionLog = this.log.child('admission')
+    const admissions = this.config.meshKey !== undefined ? await Admissions.open(this.store, this.peerId.toString()) : undefined
+    this.admissions = admissions
+    if (admissions !== undefined) {
+      // Extras given by the caller win (a test plays an intruder whose software lets everyone in).
+      extras.connectionGater ??= admissionGater(admissions, async () => await hasOpenInvites(this.store), admissionLog)
+      extras.appScore ??= (peer) => admissions.has(peer) ? 0 : UNADMITTED_SCORE
+    }
+    const host = await createHost(this.key, this.config, extras)
     this.host = host
+    if (admissions !== undefined) this.probation = new Probation(host, admissions, this.config.admissionGraceMs, admissionLog)
     host.addEventListener('peer:connect', (evt) => {
       const addrs = host.getConnections(evt.detail).map((c) => c.remoteAddr.toString())
-      void this.store.touchPeer(evt.detail.toString(), addrs).catch(() => {})
+      // A peer on probation is not a peer we know: nothing of it is recorded until it is admitted.
+      if (admissions === undefined || admissions.has(evt.detail.toString())) void this.store.touchPeer(evt.detail.toString(), addrs).catch(() => {})
+      if (admissions !== undefined) this.admitOnConnect(evt.detail, admissions)
       this.markStatusDirty()
     })
     host.addEventListener('peer:disconnect', () => { this.markStatusDirty() })
-    await serveInvites(host, this.store, this.log.child('invites'))
+    await serveInvites(host, this.store, this.log.child('invites'), admissions === undefined
+      ? undefined
+      : async (peer, invite) => {
+        if (!await admissions.admit(peer, 'redemption', this.peerId.toString(), invite)) return
+        admissionLog.info('admitted a peer that redeemed an invite', { peer, invite })
+        if (this.bus !== undefined) await announceAdmission(this.bus, peer, invite).catch((err: unknown) => admissionLog.warn('could not announce an admission', { peer, error: (err as Error).message }))
+      })
+    if (admissions !== undefined) await serveAdmissions(host, admissions, this.config.networkId, admissionLog)
     await serveContractQueries(host, this.store, this.config.networkId, this.log.child('contracts'))
     this.bus = new GossipBus(host.services.pubsub, this.key, this.config.networkId, this.store, this.log.child('gossip'))
+    if (admissions !== undefined) listenForAdmissions(this.bus, admissions, admissionLog)
     this.presence = new PresenceService(this.bus, host.services.pubsub, this.store, this.log.child('presence'), async () => await this.describe(), this.config.presenceIntervalMs)
     this.presence.onPresence((p) => {
       this.markStatusDirty()
@@ -171,6 +197,7 @@ export class MeshNode {
     clearTimeout(this.statusDirty)
     await this.statusWrite
     this.presence?.stop()
+    this.probation?.stop()
     await this.bus?.stop()
     if (this.host !== undefined) await this.host.stop()
     this.host = undefined
@@ -271,6 +298,19 @@ export class MeshNode {
     } finally {
       this.dialing.delete(peerId)
     }
+  }
+
+  /**
+   * Private mesh: a member that connects tells us whom it admitted (so a newcomer, or a member that was
+   * down, catches up); a peer that is not admitted is on probation until it is, or is disconnected.
+   */
+  private admitOnConnect (peer: PeerId, admissions: Admissions): void {
+    if (!admissions.has(peer.toString())) { this.probation?.watch(peer); return }
+    const host = this.host
+    if (host === undefined) return
+    syncAdmissions(host, admissions, peer, this.config.networkId)
+      .then((added) => { if (added > 0) this.log.child('admission').info('learned admitted peers from a member', { member: peer.toString(), added }) })
+      .catch((err: unknown) => this.log.child('admission').debug('could not sync admissions', { member: peer.toString(), error: (err as Error).message }))
   }
 
   private markStatusDirty (): void {

@@ -3,7 +3,7 @@
 // by the end-to-end test of `clawmesh start`'s wiring.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createWriteStream, type WriteStream } from 'node:fs'
-import { readFile, writeFile } from 'node:fs/promises'
+import { readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { NodeStatus } from '../../runtime/node/status-file.ts'
@@ -83,9 +83,12 @@ export class CliMesh {
     return m
   }
 
-  /** `clawmesh join <invite> --no-start`, then the given config fields merged into config.json. */
+  /** `clawmesh join --invite-file F --no-start` (never the line as an argument), then the given config fields merged into config.json. */
   async join (invite: string, name: string, port: number, config: Record<string, unknown> = {}): Promise<Member> {
-    await this.cliOk(['join', invite, '--name', name, '--listen', `/ip4/127.0.0.1/tcp/${port}`, '--no-start', '--json'])
+    const file = join(this.root, `${name}.invite`)
+    await writeFile(file, invite + '\n', { mode: 0o600 })
+    await this.cliOk(['join', '--invite-file', file, '--name', name, '--listen', `/ip4/127.0.0.1/tcp/${port}`, '--no-start', '--json'])
+    await rm(file, { force: true })
     await this.patchConfig(name, config)
     const m: Member = { name, home: this.home(name), port, output: '' }
     this.members.set(name, m)

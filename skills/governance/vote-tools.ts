@@ -1,14 +1,13 @@
 import { z } from 'zod'
 import { tool, type StructuredToolInterface } from '@langchain/core/tools'
-import { NETWORK_PARAMETERS, PARAMETER_NAMES, VoteChoiceSchema, MIN_VOTE_TTL_MS, MAX_VOTE_TTL_MS, MIN_VOTING_PERIOD_MS, MAX_VOTING_PERIOD_MS, type NetworkParameter } from '../../protocols/governance.ts'
+import { NETWORK_PARAMETERS, PARAMETER_NAMES, VoteChoiceSchema, MIN_VOTE_TTL_MS, MAX_VOTE_TTL_MS, type NetworkParameter } from '../../protocols/governance.ts'
 import type { VoteService } from '../../governance/votes.ts'
 
 const ProposeInput = z.object({
   parameter: z.enum(PARAMETER_NAMES as [NetworkParameter, ...NetworkParameter[]]).describe(Object.entries(NETWORK_PARAMETERS).map(([k, v]) => `${k}: ${v.min}..${v.max}${v.integer ? ' (integer)' : ''}`).join('; ')),
   value: z.number().finite(),
   rationale: z.string().min(1).max(2000).describe('Why the network should adopt this value; other agents and their owners read it.'),
-  votingPeriodMs: z.number().int().min(MIN_VOTING_PERIOD_MS).max(MAX_VOTING_PERIOD_MS).default(24 * 3600_000),
-  quorum: z.number().int().min(1).max(10_000).describe('How many distinct peers must vote for the result to bind.'),
+  // No quorum, voting period or bounds here: the owners' configuration sets them, never the proposer.
   voteTtlMs: z.number().int().min(MIN_VOTE_TTL_MS).max(MAX_VOTE_TTL_MS).default(60_000)
 }).strict()
 
@@ -24,7 +23,7 @@ const VoteInput = z.object({
 export function voteTools (votes: VoteService): StructuredToolInterface[] {
   const propose = tool(async (input) => {
     const { id, env } = await votes.propose(input)
-    return `Proposed ${input.parameter} = ${input.value} as ${id}; voting closes ${new Date(env.body.deadline).toISOString()}, quorum ${input.quorum}.`
+    return `Proposed ${input.parameter} = ${input.value} as ${id}; voting closes ${new Date(env.body.deadline).toISOString()}; the owners' quorum is ${votes.rules.quorum} attested weight.`
   }, { name: 'propose_parameter', description: 'Propose a new value for a network parameter; every node votes and applies the result.', schema: ProposeInput })
 
   const vote = tool(async ({ proposal, choice }) => {

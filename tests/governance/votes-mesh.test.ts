@@ -3,6 +3,7 @@ import { encodeEnvelope } from '../../protocols/envelope.ts'
 import { ParameterProposalKind, VoteKind } from '../../protocols/governance.ts'
 import type { MeshNode } from '../../runtime/node/node.ts'
 import { VoteService } from '../../governance/votes.ts'
+import type { VotingRules } from '../../governance/rules.ts'
 import { voteTools } from '../../skills/governance/vote-tools.ts'
 import { startMesh, stopAll, tempDir, waitFor } from '../helpers/mesh.ts'
 import { cliEnv, runJson } from '../helpers/cli.ts'
@@ -15,7 +16,9 @@ describe('parameter votes on 5 real libp2p nodes', () => {
   beforeAll(async () => {
     dir = await tempDir('clawmesh-gov-')
     nodes = await startMesh(dir.path, 5)
-    services = nodes.map((n) => new VoteService(n))
+    // The owners attest all five agents, one weight each; a result needs 4 of them; votes last 4 s.
+    const rules: VotingRules = { voters: Object.fromEntries(nodes.map((n) => [n.peerId.toString(), 1])), quorum: 4, votingPeriodMs: 4000, bounds: {} }
+    services = nodes.map((n) => new VoteService(n, rules))
     for (const s of services) await s.start()
     // Gossip flows along each topic's mesh, grafted at gossipsub heartbeats: wait until every node
     // knows all the others' subscriptions and has mesh peers on both topics, or a message can take
@@ -34,8 +37,8 @@ describe('parameter votes on 5 real libp2p nodes', () => {
 
   it('computes the identical tally on every node, with changed, duplicate and late votes, and applies it', async () => {
     // Generous: on a loaded 2-core machine, spreading the proposal and casting the votes can take seconds.
-    const deadline = Date.now() + 4000
-    const { id, env } = await services[0].propose({ parameter: 'review-quorum', value: 3, rationale: 'more eyes on merges', deadline, quorum: 4, voteTtlMs: 1000 })
+    const { id, env } = await services[0].propose({ parameter: 'review-quorum', value: 3, rationale: 'more eyes on merges', voteTtlMs: 1000 })
+    const deadline = env.body.deadline
     await waitFor('the proposal on every node', async () => (await Promise.all(services.map(async (s) => await s.store.getProposal(id)))).every((p) => p !== undefined))
 
     await services[0].vote(id, 'yes')

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
 import { newMeshKey } from '../../runtime/cli/home.ts'
+import { recordAdmission } from '../../runtime/node/admission.ts'
 import type { MeshNode } from '../../runtime/node/node.ts'
 import { fullyPresent, openNode, stopAll, tempDir, waitFor } from '../helpers/mesh.ts'
 
@@ -29,8 +30,13 @@ describe('a private mesh', () => {
     return node
   }
 
-  it('lets a peer with the key in', async () => {
-    const friend = await member('friend', key)
+  it('lets in a peer with the key that a member admitted', async () => {
+    // What a redeemed invite does (tests/runtime/admission.test.ts goes through the invite itself).
+    const friend = await openNode(join(dir.path, 'friend'), 'friend', { meshKey: key })
+    await recordAdmission(friend.store, owner.peerId.toString(), 'invite', owner.peerId.toString())
+    await owner.admissions!.admit(friend.peerId.toString(), 'redemption', owner.peerId.toString())
+    await friend.start()
+    started.push(friend)
     await friend.host!.dial(multiaddr(owner.multiaddrs()[0]))
     await waitFor('presence both ways', () => fullyPresent([owner, friend]))
   })

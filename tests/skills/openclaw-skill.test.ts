@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { readFileSync } from 'node:fs'
+import { writeFile } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parse as parseYaml } from 'yaml'
@@ -138,6 +139,7 @@ describe('the OpenClaw skill package', () => {
     let env: NodeJS.ProcessEnv
     const procs: CliProcess[] = []
     let invite = ''
+    let inviteFile = ''
 
     beforeAll(async () => {
       dir = await tempDir()
@@ -150,6 +152,8 @@ describe('the OpenClaw skill package', () => {
       await waitFor('host status', async () => (await readLiveStatus(join(dir.path, 'host'))) !== undefined, 20_000, 100)
       const inv = await runCli(['invite', '--name', 'host', '--json'], env)
       invite = (JSON.parse(inv.stdout) as { invite: string }).invite
+      inviteFile = join(dir.path, 'invite.txt')
+      await writeFile(inviteFile, invite + '\n', { mode: 0o600 })
     }, 120_000)
     afterAll(async () => {
       await Promise.all(procs.map(async (p) => await p.stop('SIGKILL')))
@@ -164,7 +168,7 @@ describe('the OpenClaw skill package', () => {
       const ordered = [...commands].sort((a, b) => first(a) - first(b))
       const seen: string[] = []
       for (const line of ordered) {
-        const args = line.replace(/^clawmesh /, '').replace('"clawmesh-invite:..."', invite).split(/\s+/).map((a) => a === 'NAME' ? 'guest' : a)
+        const args = line.replace(/^clawmesh /, '').replace('"clawmesh-invite:..."', invite).split(/\s+/).map((a) => a === 'NAME' ? 'guest' : a === 'INVITE_FILE' ? inviteFile : a)
         // `init` in the skill creates a new mesh; give it a home of its own.
         if (args[0] === 'init') args[args.indexOf('guest')] = 'founder'
         if (args[0] === 'start' || (args[0] === 'join' && !args.includes('--no-start'))) {
