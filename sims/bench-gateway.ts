@@ -7,7 +7,8 @@
  *     then 50 concurrent clients sending short non-streaming requests: requests/s each way.
  *   - an instant upstream that speaks OpenAI's JSON and SSE formats (sims/lib/instant-upstream.ts):
  *     the added TTFT with nothing upstream to hide it, and requests/s for 50 concurrent clients,
- *     non-streaming and streaming: the gateway's own ceiling, billing included.
+ *     non-streaming and streaming: the gateway's own ceiling, billing included. The concurrent
+ *     clients run in a process of their own (sims/lib/load-client.ts), off the gateway's event loop.
  * The gateway bills every request for real (key lookup, reservation, usage and receipts recorded);
  * the workers' side (signing each receipt, settling) runs in-process as the receipt service would:
  * `--settle each` settles every request as it is recorded, `--settle tick` signs on arrival and
@@ -38,6 +39,7 @@ import { Gateway } from '../runtime/gateway/server.ts'
 import { signAsWorker } from '../protocols/receipts.ts'
 import { percentile } from './lib/stats.ts'
 import { startInstantUpstream } from './lib/instant-upstream.ts'
+import { runLoad } from './lib/load-client.ts'
 
 const { values } = parseArgs({
   options: {
@@ -190,32 +192,12 @@ async function streaming (direct: string, via: Gateway, requests: number, maxTok
 
 interface Target { url: string, auth: boolean, stream: boolean }
 
-async function concurrent (t: Target, windowMs: number): Promise<{ done: number, errors: number, seconds: number }> {
-  const deadline = Date.now() + windowMs
-  let done = 0
-  let errors = 0
-  const t0 = performance.now()
-  await Promise.all(Array.from({ length: CLIENTS }, async () => {
-    while (Date.now() < deadline) {
-      const r = await fetch(`${t.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', ...(t.auth ? { authorization: `Bearer ${secret}` } : {}) },
-        body: JSON.stringify({ messages: [{ role: 'user', content: 'Hi' }], max_tokens: 4, stream: t.stream })
-      })
-      await r.arrayBuffer()
-      if (r.ok) done++
-      else errors++
-    }
-  }))
-  return { done, errors, seconds: (performance.now() - t0) / 1000 }
-}
-
 /** Alternating windows, for the same reason as streaming(). */
 async function load (targets: Target[], rounds = 2): Promise<Array<{ rps: number, errors: number }>> {
   const totals = targets.map(() => ({ done: 0, errors: 0, seconds: 0 }))
   for (let round = 0; round < rounds; round++) {
     for (const [i, t] of targets.entries()) {
-      const r = await concurrent(t, WINDOW_MS / rounds)
+      const r = await runLoad({ url: t.url, secret: t.auth ? secret : undefined, stream: t.stream, clients: CLIENTS, windowMs: WINDOW_MS / rounds, maxTokens: 4 })
       totals[i].done += r.done; totals[i].errors += r.errors; totals[i].seconds += r.seconds
     }
   }
