@@ -85,7 +85,9 @@ interface Outcome { served?: Served, error?: ApiError, finish: () => void }
  * The paid, OpenAI-compatible front of a head's pipeline. Per request: authenticate (401), rate-limit
  * (429), reserve the most the request could cost against the key's balance minus its unsettled usage
  * and in-flight reservations (402, before any upstream work), proxy to the pipeline (SSE passed
- * through event by event), then record the usage and its receipt proposals and release the hold.
+ * through event by event), then record the usage and its receipt proposals (grouped with other
+ * requests finishing, HoldBook.record) and release the hold, before the answer or a stream's closing
+ * events go out.
  * Credits move later, on double-signed receipts (HeadBook.settleUsage).
  */
 export class Gateway {
