@@ -4,12 +4,13 @@ import type { SqliteDb } from '../store/sqlite.ts'
 import type { Logger } from '../log.ts'
 import { billableContracts, type ContractRow } from '../ledger/contracts.ts'
 import type { HeadBook, RecordedUsage } from '../ledger/head-book.ts'
-import { findKeyBySecret, type ApiKey } from './keys.ts'
+import type { ApiKey } from './keys.ts'
+import { KeyCache } from './key-cache.ts'
 import { RateLimiter } from './rate-limit.ts'
 import { ApiError, badRequest, invalidKey, modelNotFound, notFound, rateLimited, sendError, unavailable, upstreamFailed } from './errors.ts'
 import { MAX_PROMPTS, chargeFor, estimatePromptTokens, promptsOf } from './pricing.ts'
 import { holdBookFor, type HoldBook } from './holds.ts'
-import { SseSplitter, eventData } from './sse.ts'
+import { SseSplitter, StreamRewriter } from './sse.ts'
 import type { SpotChecker, SpotOutcome } from './spot-check.ts'
 
 export interface GatewayOptions {
@@ -75,15 +76,24 @@ interface Route {
 interface Served { prompt: number, completion: number }
 
 /**
+ * What a proxied request came to: the tokens served (undefined: nothing to bill), an error for the
+ * client, and the rest of the answer, sent once the usage is committed.
+ */
+interface Outcome { served?: Served, error?: ApiError, finish: () => void }
+
+/**
  * The paid, OpenAI-compatible front of a head's pipeline. Per request: authenticate (401), rate-limit
  * (429), reserve the most the request could cost against the key's balance minus its unsettled usage
  * and in-flight reservations (402, before any upstream work), proxy to the pipeline (SSE passed
- * through event by event), then record the usage and its receipt proposals and release the hold.
+ * through event by event), then record the usage and its receipt proposals (grouped with other
+ * requests finishing, HoldBook.record) and release the hold, before the answer or a stream's closing
+ * events go out.
  * Credits move later, on double-signed receipts (HeadBook.settleUsage).
  */
 export class Gateway {
   private server: Server | undefined
   private readonly limiter = new RateLimiter()
+  private readonly keys: KeyCache
   /** Reservations, and the queue that orders them with record-then-release (shared per database). */
   private readonly holds: HoldBook
   private readonly background = new Set<Promise<unknown>>()
@@ -96,6 +106,7 @@ export class Gateway {
 
   constructor (private readonly o: GatewayOptions) {
     this.holds = o.holds ?? holdBookFor(o.db)
+    this.keys = new KeyCache(o.db)
     this.serve({ modelName: o.modelName, modelSha256: o.modelSha256, upstream: o.upstream, contractIds: o.contractIds })
   }
 
@@ -187,7 +198,7 @@ export class Gateway {
     const header = req.headers.authorization
     const m = header === undefined ? null : /^Bearer\s+(\S+)$/i.exec(header)
     if (m === null) throw invalidKey('missing API key: send "Authorization: Bearer cm_…"')
-    const key = await findKeyBySecret(this.o.db, m[1])
+    const key = await this.keys.find(m[1])
     if (key === undefined) throw invalidKey('invalid API key')
     if (key.revoked) throw invalidKey(`API key ${key.id} was revoked`)
     return key
@@ -238,8 +249,9 @@ export class Gateway {
       : prompts.reduce((n: number, p) => n + estimatePromptTokens({ ...body, prompt: p }), 0)
     const reservedTokens = promptEstimate + (prompts?.length ?? 1) * maxTokens
     const reserve = chargeFor(reservedTokens, contracts, fee).total
-    await this.holds.serially(async () => { await this.holds.hold(this.o.book, key.id, reserve) })
-    let released = false
+    await this.holds.reserve(this.o.book, key.id, reserve)
+    // The reservation is released here unless holds.record took it over (it releases once the usage is committed).
+    let handedOver = false
     try {
       // llama-server lets its native n_predict override max_tokens, and n_cmpl ask for several
       // completions: both would serve more than was reserved, so the gateway sets them itself.
@@ -250,37 +262,34 @@ export class Gateway {
       if (stream) upstreamBody.stream_options = { ...(body.stream_options as object | undefined), include_usage: true }
       const abort = new AbortController()
       res.on('close', () => { if (!res.writableFinished) abort.abort() })
-      const outcome = prompts !== undefined && prompts.length > 1
+      const outcome: Outcome = prompts !== undefined && prompts.length > 1
         ? await this.proxyEach(route, res, path, upstreamBody, prompts, abort)
-        : { served: stream ? await this.proxyStream(route, res, path, upstreamBody, clientWantsUsage, abort, promptEstimate) : await this.proxyOnce(route, res, path, upstreamBody, abort) }
+        : stream ? await this.proxyStream(route, res, path, upstreamBody, clientWantsUsage, abort, promptEstimate) : await this.proxyOnce(route, res, path, upstreamBody, abort)
       const usage = outcome.served
       if (usage !== undefined) {
         // Never bill past the reservation (the estimate is an upper bound, this only guards its bugs).
         const prompt = Math.min(usage.prompt, reservedTokens)
         const completion = Math.min(usage.completion, reservedTokens - prompt)
-        const recorded = await this.holds.serially(async () => {
-          try {
-            return await this.o.book.recordUsage({
-              keyId: key.id,
-              modelSha256: route.sha256,
-              promptTokens: prompt,
-              completionTokens: completion,
-              contracts,
-              fee: chargeFor(prompt + completion, contracts, fee).fee
-            })
-          } finally {
-            this.holds.release(key.id, reserve)
-            released = true
-          }
-        })
+        handedOver = true
+        const recorded = await this.holds.record(this.o.book, {
+          keyId: key.id,
+          modelSha256: route.sha256,
+          promptTokens: prompt,
+          completionTokens: completion,
+          contracts,
+          fee: chargeFor(prompt + completion, contracts, fee).fee
+        }, reserve)
         this.o.serving?.record(route.sha256, prompt + completion)
         if (this.o.onRecorded !== undefined) this.track(this.o.onRecorded(recorded))
         // A prompt array is checked on its first prompt: replaying all of them would double the work.
         if (outcome.error === undefined) this.maybeSpotCheck(path, prompts !== undefined && prompts.length > 1 ? { ...upstreamBody, prompt: prompts[0] } : upstreamBody, contracts)
       }
+      // The answer (the body, or a stream's closing events) goes out only now that its usage is
+      // committed: a crash can lose an answer the client never got, never the bill of one it got.
+      outcome.finish()
       if (outcome.error !== undefined) throw outcome.error
     } finally {
-      if (!released) this.holds.release(key.id, reserve)
+      if (!handedOver) this.holds.release(key.id, reserve)
     }
   }
 
@@ -324,13 +333,12 @@ export class Gateway {
     return upstream
   }
 
-  /** One non-streamed completion: returns the tokens served (an upstream refusal throws: nothing billed). */
-  private async proxyOnce (route: Route, res: ServerResponse, path: string, body: Record<string, unknown>, abort: AbortController): Promise<Served> {
+  /** One non-streamed completion: the tokens served and the answer (an upstream refusal throws: nothing billed). */
+  private async proxyOnce (route: Route, res: ServerResponse, path: string, body: Record<string, unknown>, abort: AbortController): Promise<Outcome> {
     const upstream = await this.forward(route, path, body, abort)
     const json = await upstream.json() as { usage?: Usage, model?: string }
     json.model = route.name
-    sendJson(res, 200, json)
-    return { prompt: json.usage?.prompt_tokens ?? 0, completion: json.usage?.completion_tokens ?? 0 }
+    return { served: { prompt: json.usage?.prompt_tokens ?? 0, completion: json.usage?.completion_tokens ?? 0 }, finish: () => { sendJson(res, 200, json) } }
   }
 
   /**
@@ -338,7 +346,7 @@ export class Gateway {
    * slots), answered as one completion whose choices follow the prompts' order and whose usage is
    * their sum. Prompts served before another failed are billed; the client gets the error.
    */
-  private async proxyEach (route: Route, res: ServerResponse, path: string, body: Record<string, unknown>, prompts: unknown[], abort: AbortController): Promise<{ served?: Served, error?: ApiError }> {
+  private async proxyEach (route: Route, res: ServerResponse, path: string, body: Record<string, unknown>, prompts: unknown[], abort: AbortController): Promise<Outcome> {
     const parts = await Promise.allSettled(prompts.map(async (prompt) =>
       await (await this.forward(route, path, { ...body, prompt }, abort)).json() as { usage?: Usage, choices?: Array<Record<string, unknown>>, model?: string }))
     let served: Served | undefined
@@ -354,53 +362,47 @@ export class Gateway {
       served = { prompt: (served?.prompt ?? 0) + (p.value.usage?.prompt_tokens ?? 0), completion: (served?.completion ?? 0) + (p.value.usage?.completion_tokens ?? 0) }
       for (const c of p.value.choices ?? []) choices.push({ ...c, index: i })
     }
-    if (error === undefined && first !== undefined && served !== undefined) {
+    const finish = (): void => {
+      if (error !== undefined || first === undefined || served === undefined) return
       sendJson(res, 200, { ...first, model: route.name, choices, usage: { prompt_tokens: served.prompt, completion_tokens: served.completion, total_tokens: served.prompt + served.completion } })
     }
-    return { served, error }
+    return { served, error, finish }
   }
 
-  /** A streamed completion, passed through event by event: returns the tokens served. */
-  private async proxyStream (route: Route, res: ServerResponse, path: string, body: Record<string, unknown>, clientWantsUsage: boolean, abort: AbortController, promptEstimate: number): Promise<Served> {
+  /**
+   * A streamed completion, passed through event by event as it arrives, except its closing events
+   * ([DONE], and the usage event for a client that asked for it), which finish() sends once the usage
+   * is committed. Returns the tokens served.
+   */
+  private async proxyStream (route: Route, res: ServerResponse, path: string, body: Record<string, unknown>, clientWantsUsage: boolean, abort: AbortController, promptEstimate: number): Promise<Outcome> {
     const upstream = await this.forward(route, path, body, abort)
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
     res.flushHeaders()
     const splitter = new SseSplitter()
-    let usage: Usage | undefined
-    let chunks = 0
-    const forward = (event: string): void => {
-      const data = eventData(event) as { usage?: Usage | null, choices?: unknown[], model?: string } | undefined
-      if (data === undefined) { res.write(event + '\n\n'); return } // [DONE], comments
-      if (data.usage != null) usage = data.usage
-      const choices = Array.isArray(data.choices) ? data.choices.length : 0
-      if (choices > 0) chunks++
-      // The usage chunk exists because we asked for it; a client that did not ask never sees it.
-      if (!clientWantsUsage) {
-        if (choices === 0 && data.usage != null) return
-        delete data.usage
-      }
-      // Re-encoded rather than copied: the pipeline names its model by file path, clients by model id.
-      if (data.model !== undefined) data.model = route.name
-      res.write(`data: ${JSON.stringify(data)}\n\n`)
+    const rewriter = new StreamRewriter(route.name, clientWantsUsage)
+    const pass = (event: string): void => {
+      const out = rewriter.event(event)
+      if (out !== '') res.write(out)
     }
     try {
       for await (const chunk of upstream.body as unknown as AsyncIterable<Uint8Array>) {
-        for (const event of splitter.push(chunk)) forward(event)
+        for (const event of splitter.push(chunk)) pass(event)
       }
       const rest = splitter.rest()
-      if (rest !== '') forward(rest)
+      if (rest !== '') pass(rest)
     } catch (err) {
       if (!abort.signal.aborted) this.o.log?.warn('pipeline stream broke', { error: (err as Error).message })
     }
-    if (!res.writableEnded) res.end()
-    if (usage?.prompt_tokens !== undefined && usage.completion_tokens !== undefined) return { prompt: usage.prompt_tokens, completion: usage.completion_tokens }
+    const finish = (): void => { if (!res.writableEnded) res.end(rewriter.closing()) }
+    const usage = rewriter.usage
+    if (usage?.prompt_tokens !== undefined && usage.completion_tokens !== undefined) return { served: { prompt: usage.prompt_tokens, completion: usage.completion_tokens }, finish }
     // The stream ended before its usage event (the client hung up, or the pipeline broke): the prompt was
     // processed all the same, so it is billed from the gateway's own count, plus one token per content
     // chunk streamed (the first chunk carries only the role).
     // When the pipeline cannot count (it broke), a client that hung up pays the estimate; a client the
     // pipeline failed pays only what it received.
     const fallback = abort.signal.aborted ? promptEstimate : 0
-    return { prompt: await this.countPrompt(route, path, body, promptEstimate, fallback), completion: Math.max(0, chunks - 1) }
+    return { served: { prompt: await this.countPrompt(route, path, body, promptEstimate, fallback), completion: Math.max(0, rewriter.chunks - 1) }, finish }
   }
 
   /**

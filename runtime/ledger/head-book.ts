@@ -56,33 +56,51 @@ export class HeadBook {
   }
 
   async recordUsage (u: UsageInput, now = Date.now()): Promise<RecordedUsage> {
-    const usageId = `u_${randomBytes(12).toString('hex')}`
-    const tokens = u.promptTokens + u.completionTokens
+    return (await this.recordUsages([u], now))[0]
+  }
+
+  /**
+   * Records many served requests in one transaction, in order (receipt seq and prior follow the
+   * input's order). A gateway under load groups its requests here: a transaction per request cost
+   * several round trips to sqlite's thread each, and they queued behind one another.
+   */
+  async recordUsages (inputs: readonly UsageInput[], now = Date.now()): Promise<RecordedUsage[]> {
+    if (inputs.length === 0) return []
     return await this.db.transaction(async (tx) => {
-      await tx.run('INSERT INTO usage (id, key_id, model_sha256, prompt_tokens, completion_tokens, fee, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
-        [usageId, u.keyId, u.modelSha256, u.promptTokens, u.completionTokens, u.fee, 'pending', now])
-      const proposals: Receipt[] = []
-      if (tokens <= 0) return { usageId, proposals }
-      for (const c of u.contracts) {
-        const next = await tx.get<{ seq: number, prior: number }>('SELECT COALESCE(MAX(seq), 0) + 1 AS seq, COALESCE(SUM(tokens), 0) AS prior FROM receipts WHERE contract = ?', [c.id])
-        const receipt: Receipt = {
-          contract: c.id,
-          seq: next?.seq ?? 1,
-          tokens,
-          prior: next?.prior ?? 0,
-          layers: c.layerEnd - c.layerStart,
-          modelHash: u.modelSha256,
-          price: c.price,
-          head: this.peerId,
-          worker: c.worker,
-          ts: now
+      const next = new Map<string, { seq: number, prior: number }>()
+      for (const id of new Set(inputs.flatMap((u) => u.contracts.map((c) => c.id)))) next.set(id, await nextReceipt(tx, id))
+      const usageRows: unknown[][] = []
+      const receiptRows: unknown[][] = []
+      const out = inputs.map((u): RecordedUsage => {
+        const usageId = `u_${randomBytes(12).toString('hex')}`
+        const tokens = u.promptTokens + u.completionTokens
+        usageRows.push([usageId, u.keyId, u.modelSha256, u.promptTokens, u.completionTokens, u.fee, 'pending', now])
+        const proposals: Receipt[] = []
+        if (tokens <= 0) return { usageId, proposals }
+        for (const c of u.contracts) {
+          const at = next.get(c.id) as { seq: number, prior: number }
+          const receipt: Receipt = {
+            contract: c.id,
+            seq: at.seq,
+            tokens,
+            prior: at.prior,
+            layers: c.layerEnd - c.layerStart,
+            modelHash: u.modelSha256,
+            price: c.price,
+            head: this.peerId,
+            worker: c.worker,
+            ts: now
+          }
+          next.set(c.id, { seq: at.seq + 1, prior: at.prior + tokens })
+          const status = u.voidWorkers?.has(c.worker) === true ? 'void' : 'proposed'
+          receiptRows.push([receiptId(receipt), c.id, receipt.seq, this.peerId, c.worker, tokens, receiptAmount(receipt), usageId, status, JSON.stringify({ receipt }), now])
+          if (status === 'proposed') proposals.push(receipt)
         }
-        const status = u.voidWorkers?.has(c.worker) === true ? 'void' : 'proposed'
-        await tx.run('INSERT INTO receipts (id, contract, seq, head, worker, tokens, amount, usage_id, status, document, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
-          [receiptId(receipt), c.id, receipt.seq, this.peerId, c.worker, tokens, receiptAmount(receipt), usageId, status, JSON.stringify({ receipt }), now])
-        if (status === 'proposed') proposals.push(receipt)
-      }
-      return { usageId, proposals }
+        return { usageId, proposals }
+      })
+      await insertRows(tx, 'usage', ['id', 'key_id', 'model_sha256', 'prompt_tokens', 'completion_tokens', 'fee', 'status', 'created_at'], usageRows)
+      await insertRows(tx, 'receipts', ['id', 'contract', 'seq', 'head', 'worker', 'tokens', 'amount', 'usage_id', 'status', 'document', 'created_at'], receiptRows)
+      return out
     })
   }
 
@@ -190,5 +208,32 @@ export class HeadBook {
               COALESCE((SELECT SUM(u.fee + (SELECT COALESCE(SUM(r.amount), 0) FROM receipts r WHERE r.usage_id = u.id AND r.status IN ('proposed', 'signed')))
                         FROM usage u WHERE u.key_id = ? AND u.status = 'pending'), 0) AS pending`, [userAccount(keyId), keyId])
     return { balance: row?.balance ?? 0, pending: row?.pending ?? 0 }
+  }
+}
+
+/**
+ * The seq and prior of a contract's next receipt: one past its last, and every token billed on it
+ * before. Read from the last receipt (its prior plus its tokens: each receipt's prior is the sum of
+ * those before it, by construction above) rather than summed over all of them, which grew with the
+ * contract's history and was paid on every request.
+ */
+async function nextReceipt (q: Queryable, contract: string): Promise<{ seq: number, prior: number }> {
+  const last = await q.get<{ seq: number, tokens: number, document: string }>('SELECT seq, tokens, document FROM receipts WHERE contract = ? ORDER BY seq DESC LIMIT 1', [contract])
+  if (last === undefined) return { seq: 1, prior: 0 }
+  const prior = (JSON.parse(last.document) as { receipt?: { prior?: unknown } }).receipt?.prior
+  if (typeof prior !== 'number') throw new Error(`receipt ${contract}#${last.seq} has no prior in its document; cannot continue the contract's sequence`)
+  return { seq: last.seq + 1, prior: prior + last.tokens }
+}
+
+/** SQLite builds may bind as few as 999 parameters per statement. */
+const MAX_PARAMS = 999
+
+/** Multi-row INSERTs: one statement (one trip to sqlite's thread) per few dozen rows, not per row. */
+async function insertRows (q: Queryable, table: string, columns: readonly string[], rows: readonly unknown[][]): Promise<void> {
+  const perStatement = Math.max(1, Math.floor(MAX_PARAMS / columns.length))
+  const tuple = `(${columns.map(() => '?').join(', ')})`
+  for (let i = 0; i < rows.length; i += perStatement) {
+    const chunk = rows.slice(i, i + perStatement)
+    await q.run(`INSERT INTO ${table} (${columns.join(', ')}) VALUES ${chunk.map(() => tuple).join(', ')}`, chunk.flat())
   }
 }
