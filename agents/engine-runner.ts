@@ -17,9 +17,11 @@ export interface EngineHookup {
 export async function engineFor (node: MeshNode): Promise<EngineHookup> {
   const mods = await engineModules()
   if (mods === undefined) return { runner: new PendingEngineRunner(), real: false }
-  const { Runner, Slice } = mods
+  const { Runner, ChainRunner, Slice } = mods
+  // The chain is the default (issue #14); config engine.mode 'star' keeps llama.cpp's RPC.
+  const mode = node.config.engine?.mode ?? 'chain'
   return {
-    runner: new Runner(node),
+    runner: mode === 'star' ? new Runner(node) : new ChainRunner(node),
     real: true,
     serve: async () => {
       const slice = new Slice({ node })
@@ -32,22 +34,26 @@ export async function engineFor (node: MeshNode): Promise<EngineHookup> {
 
 interface EngineModules {
   Runner: new (node: MeshNode) => PipelineRunner
+  ChainRunner: new (node: MeshNode) => PipelineRunner
   Slice: new (deps: { node: MeshNode }) => { call: (i: { action: 'start' | 'stop' }) => Promise<string> }
 }
 
 async function engineModules (): Promise<EngineModules | undefined> {
   let runnerMod: { EnginePipelineRunner?: EngineModules['Runner'] }
+  let chainMod: { ChainPipelineRunner?: EngineModules['ChainRunner'] }
   let sliceMod: { ServeSlice?: EngineModules['Slice'] }
   try {
     runnerMod = await import('../skills/engine/runner.ts' as string) as typeof runnerMod
+    chainMod = await import('../skills/engine/chain-runner.ts' as string) as typeof chainMod
     sliceMod = await import('../skills/engine/serve-slice.ts' as string) as typeof sliceMod
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw err
     return undefined
   }
   const Runner = runnerMod.EnginePipelineRunner
+  const ChainRunner = chainMod.ChainPipelineRunner
   const Slice = sliceMod.ServeSlice
-  return Runner === undefined || Slice === undefined ? undefined : { Runner, Slice }
+  return Runner === undefined || ChainRunner === undefined || Slice === undefined ? undefined : { Runner, ChainRunner, Slice }
 }
 
 export interface EngineBuild {

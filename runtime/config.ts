@@ -191,7 +191,16 @@ export const ConfigSchema = z.object({
   /** llama.cpp processes this node runs: a worker's rpc-servers, a head's llama-server. */
   engine: z.object({
     /** CPU threads per process (-t); omitted = 2 for llama-server, llama.cpp's own default for rpc-server. */
-    threads: z.number().int().min(1).max(256).optional()
+    threads: z.number().int().min(1).max(256).optional(),
+    /**
+     * How a head runs a model across its workers: 'chain' (hidden states flow stage to stage, the last
+     * returns to the head: k + 1 one-way legs a token) or 'star' (llama.cpp RPC: the head talks to every
+     * worker in turn, 2k legs). Workers serve both.
+     */
+    mode: z.enum(['chain', 'star']).default('chain'),
+    /** Chain: sequences served at once (each stage keeps a KV cache per slot), and the context of each. */
+    slots: z.number().int().min(1).max(64).default(8),
+    ctx: z.number().int().min(256).max(131_072).default(4096)
   }).strict().optional(),
   /** The ClawBot on top of the node (agents/): LLM provider and the owner's bounds; omitted = defaults. */
   agent: AgentSettingsSchema.optional(),

@@ -150,7 +150,7 @@ export interface StageServerOptions {
   /** The stage program (ensureStageBinary()). */
   bin: string;
   /** A full copy of the model with this SHA-256, if this machine has one (its stage files are cut from it, nothing is fetched). */
-  modelFile: (sha256: string) => string | undefined;
+  modelFile: (sha256: string) => string | undefined | Promise<string | undefined>;
   /** Where stage files are kept, named by model and range, across restarts. */
   cacheDir: string;
   threads?: number;
@@ -330,7 +330,7 @@ export class StageServer {
   }
 
   private async stageFile(hop: ChainHop, model: string, head: string): Promise<string> {
-    const src = this.o.modelFile(model);
+    const src = await this.o.modelFile(model);
     const cut = join(this.o.cacheDir, `${model.slice(0, 16)}-${hop.start}-${hop.end}.gguf`);
     if (hop.weights === undefined) {
       if (src === undefined) throw new Error(`this node holds no copy of model ${model.slice(0, 12)}… and the ticket names no weights for layers ${hop.start}-${hop.end - 1}`);
@@ -431,6 +431,8 @@ export class NetPath implements ChainPath {
   private broken: ChainBroken | undefined;
   private readyWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
   private stallTimer: NodeJS.Timeout;
+  private closing = false;
+  private readonly brokenListeners: Array<(err: Error) => void> = [];
 
   constructor(readonly ticket: SignedChainTicket, private readonly nEmbd: number, private readonly stallMs: number, private readonly onClose: () => void) {
     this.stallTimer = setInterval(() => {
@@ -502,9 +504,15 @@ export class NetPath implements ChainPath {
     this.out.send(Frame.Drop, b);
   }
 
+  onBroken(listener: (err: Error) => void): void {
+    if (this.broken && !this.closing) { listener(this.broken); return; }
+    this.brokenListeners.push(listener);
+  }
+
   fail(err: ChainBroken): void {
     if (this.broken) return;
     this.broken = err;
+    if (!this.closing) for (const l of this.brokenListeners.splice(0)) queueMicrotask(() => l(err));
     clearInterval(this.stallTimer);
     for (const w of this.waiting.values()) w.reject(err);
     this.waiting.clear();
@@ -515,6 +523,7 @@ export class NetPath implements ChainPath {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     this.fail(new ChainBroken(undefined, undefined, 'closed by the head'));
   }
 

@@ -15,6 +15,8 @@ export interface ChainPath {
   /** Forgets a sequence's KV cache on every stage (a finished request frees its slot). */
   drop(seq: number): Promise<void>;
   close(): Promise<void>;
+  /** Called once if the path breaks by itself (a stage died, a link closed), even with nothing in flight. */
+  onBroken?(listener: (err: Error) => void): void;
   /** Bytes sent and received per link so far (for the benchmark's bytes per token per link). */
   traffic?(): Array<{ link: string; sent: number; received: number }>;
 }
@@ -91,6 +93,7 @@ export class ChainEngine {
 
   constructor(private readonly o: ChainEngineOptions) {
     this.path = o.path;
+    this.watch(o.path);
     this.free = Array.from({ length: o.slots }, (_, i) => o.slots - 1 - i);
     this.lanes = Math.max(1, o.lanes ?? 2);
   }
@@ -210,9 +213,14 @@ export class ChainEngine {
     else s.done({ tokens: s.generated, finish, repairs: s.repairs });
   }
 
+  /** A path that breaks while idle is repaired at once, not when the next request finds it broken. */
+  private watch(path: ChainPath): void {
+    path.onBroken?.((err) => { void this.recover(path, err).catch(() => {}); });
+  }
+
   /** One repair for all lanes: the first lane to see the failure builds the new path, the rest wait for it. */
   private async recover(failed: ChainPath, err: Error): Promise<void> {
-    if (this.path !== failed) return; // another lane already repaired it
+    if (this.closed || this.path !== failed) return; // closing, or another lane already repaired it
     if (!this.repairing) {
       this.repairing = (async () => {
         const victims = [...this.active.values()];
@@ -227,6 +235,7 @@ export class ChainEngine {
           // sequence is prefilled again from the head's copy of its tokens.
           await Promise.all(victims.map((s) => next.drop(s.slot)));
           this.path = next;
+          this.watch(next);
           for (const s of victims) { s.cached = 0; s.repairs++; }
         } catch (e) {
           for (const s of victims) this.finish(s, undefined, new StageError(`chain failed (${err.message}) and could not be repaired: ${(e as Error).message}`));

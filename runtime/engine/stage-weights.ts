@@ -104,6 +104,7 @@ export async function fetchStageWeights(host: Host, head: PeerId, req: WeightsRe
   const stream = await host.dialProtocol(head, STAGE_WEIGHTS_PROTOCOL, { signal: AbortSignal.timeout(10_000) });
   try {
     stream.send(frame({ model: req.model, start: req.start, end: req.end, contract: req.contract } satisfies WeightsRequest));
+    void stream.close().catch(() => {}); // half-close: the request is all we send; the file comes back
     const head0 = (await readJsonFrame(stream, 30_000)) as { ok: boolean; reason?: string; sha256?: string; bytes?: number };
     if (!head0.ok) throw new Error(`the head refused the weights: ${head0.reason}`);
     if (head0.sha256 !== req.sha256) throw new Error(`the head offers weights ${head0.sha256?.slice(0, 12)}…, the ticket names ${req.sha256.slice(0, 12)}…`);
@@ -119,12 +120,15 @@ export async function fetchStageWeights(host: Host, head: PeerId, req: WeightsRe
         hash.update(b);
         if (!out.write(b)) { stream.pause(); out.once('drain', () => stream.resume()); }
       });
-      stream.addEventListener('close', (evt) => {
+      const finished = (err?: Error) => {
         clearTimeout(timer);
-        if (evt.error) reject(evt.error);
+        if (err) reject(err);
         else if (got !== head0.bytes) reject(new Error(`weights ended after ${got} of ${head0.bytes} bytes`));
         else resolve();
-      });
+      };
+      // The head half-closes after the last byte ('end'); 'close' covers a reset or a full close.
+      stream.addEventListener('end', () => finished());
+      stream.addEventListener('close', (evt) => finished(evt.error));
     });
     await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
     const sha = hash.digest('hex');

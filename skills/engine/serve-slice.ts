@@ -8,6 +8,9 @@ import { ensureLlamaBuild } from '../../runtime/engine/build.ts';
 import { ContractBook, type Contract } from '../../runtime/engine/contracts.ts';
 import { fmtBytes, limitsForLayers, type RpcLimits } from '../../runtime/engine/rpc-guard.ts';
 import { SliceWorker } from '../../runtime/engine/worker.ts';
+import { StageServer } from '../../runtime/engine/chain-net.ts';
+import { ensureStageBinary } from '../../runtime/engine/stage-build.ts';
+import { join } from 'node:path';
 import type { SignedContract } from '../../protocols/index.ts';
 import { NegotiationBook } from '../market/book.ts';
 
@@ -48,6 +51,8 @@ const short = (id: string) => `${id.slice(0, 8)}…${id.slice(-6)}`;
 /** Holds this agent's one SliceWorker; `tool` is what the LangGraph agent calls. */
 export class ServeSlice {
   private worker: SliceWorker | undefined;
+  /** The chain engine's side: contracted heads send hidden states through /clawmesh/stage/1. */
+  private stage: StageServer | undefined;
   readonly tool;
 
   constructor(private readonly deps: ServeSliceDeps) {
@@ -71,12 +76,26 @@ export class ServeSlice {
         if (this.worker === undefined) return 'not serving slices';
         await this.worker.stop();
         this.worker = undefined;
+        await this.stage?.stop();
+        this.stage = undefined;
         return 'stopped serving slices; rpc-servers shut down';
       }
       if (action === 'start' && this.worker === undefined) {
         const bin = this.deps.rpcServerBin ?? (await ensureLlamaBuild()).rpcServer;
         this.worker = await SliceWorker.start({ node: this.deps.node, rpcServerBin: bin, threads: input.threads ?? this.deps.node.config.engine?.threads, cacheDir: this.deps.cacheDir,
           limits: (c) => marketLimits(this.deps.node, c, this.deps.layerBytes),
+        });
+      }
+      if (action === 'start' && this.stage === undefined) {
+        const node = this.deps.node;
+        const cfg = node.config.engine;
+        this.stage = await StageServer.start({
+          host: node.host!, store: node.store, peerId: node.peerId, bin: await ensureStageBinary(),
+          // A worker that holds the whole GGUF cuts its own layers; otherwise the head sends them.
+          modelFile: async (sha) => (await node.store.db.get<{ path: string }>('SELECT path FROM model_files WHERE sha256 = ?', [sha]))?.path,
+          cacheDir: this.deps.cacheDir !== undefined ? join(this.deps.cacheDir, 'stages') : join(node.home, 'stages'),
+          threads: input.threads ?? cfg?.threads, seqs: cfg?.slots ?? 8, ctx: cfg?.ctx ?? 4096, batch: 256,
+          log: node.log.child('stage'),
         });
       }
       return await this.describe();
@@ -91,9 +110,10 @@ export class ServeSlice {
     const list = contracts.map((c) => `model ${c.modelSha256.slice(0, 12)} layers [${c.layerStart},${c.layerEnd}) for head ${short(c.head)} until ${new Date(c.expiresAt).toISOString()}`);
     if (this.worker === undefined) return `not serving slices; ${contracts.length} active contract(s) as worker${list.length ? `: ${list.join('; ')}` : ''}`;
     const s = this.worker.status();
+    const stageLine = this.stage === undefined ? '' : `; chain stages: ${this.stage.meter().map((m) => `contract ${short(m.contract)} computed ${m.tokens} token(s)`).join(', ') || 'none running'}`;
     return `serving slices as ${short(me)} on ${s.protocol}: ${contracts.length} active contract(s)${list.length ? ` (${list.join('; ')})` : ''}; ` +
       `${s.rpcServers.length} rpc-server(s) running, ${s.streams} open stream(s), ${s.refusals} refused attempt(s)` +
       s.meters.map((m) => `; contract ${short(m.contractId)} holds ${fmtBytes(m.allocated)} of its ${fmtBytes(m.capBytes)} cap`).join('') +
-      (this.worker.refusals.length ? `; last refusal: ${this.worker.refusals.at(-1)!.reason}` : '');
+      (this.worker.refusals.length ? `; last refusal: ${this.worker.refusals.at(-1)!.reason}` : '') + stageLine;
   }
 }

@@ -10,12 +10,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MeshNode } from '../../runtime/node/node.js';
 import { TEST_MODEL_PRESETS, generateTestModel } from '../../runtime/engine/test-model.js';
 import { sha256File } from '../../runtime/engine/catalog.js';
-import { writeTestContract } from '../../runtime/engine/contracts.js';
+import { insertContractRow, writeTestContract } from '../../runtime/engine/contracts.js';
 import { writeEndsGguf } from '../../runtime/engine/stage-gguf.js';
 import { StageProcess } from '../../runtime/engine/stage-proc.js';
 import { ChainEngine } from '../../runtime/engine/chain.js';
 import { ChainBroken, ChainClient, StageServer } from '../../runtime/engine/chain-net.js';
 import { ensureStageBinary } from '../../runtime/engine/stage-build.js';
+import { StageFiles, StageWeightsServer, fetchStageWeights } from '../../runtime/engine/stage-weights.js';
+import { existsSync } from 'node:fs';
 import type { ChainHop } from '../../protocols/chain.js';
 import { startMesh, stopAll } from '../helpers/mesh.js';
 import { nodeGreedy, nodeLlama } from './helpers.js';
@@ -29,6 +31,8 @@ let sha = '';
 let nodes: MeshNode[] = [];
 let head: MeshNode;
 let client: ChainClient;
+let weights: StageWeightsServer;
+const files = new StageFiles(join(dir, 'head-stages'));
 let ends: StageProcess;
 const servers: StageServer[] = [];
 let ref: number[] = [];
@@ -44,11 +48,13 @@ beforeAll(async () => {
   for (const a of nodes) for (const b of nodes) if (a !== b) await a.host!.peerStore.merge(b.peerId, { multiaddrs: b.multiaddrs().map((m) => multiaddr(m)) });
   for (const w of nodes.slice(1)) {
     servers.push(await StageServer.start({
-      host: w.host!, store: w.store, peerId: w.peerId, bin, modelFile: (s) => (s === sha ? modelPath : undefined),
+      // Worker 5 holds no copy of the model: the head sends it its layers.
+      host: w.host!, store: w.store, peerId: w.peerId, bin, modelFile: (s) => (s === sha && w !== nodes[5] ? modelPath : undefined),
       cacheDir: join(dir, `stages-${w.peerId.toString().slice(-6)}`), threads: 1, seqs: 4, batch: 64, ctx: 512, log: w.log.child('stage'),
     }));
   }
   client = await ChainClient.start({ host: head.host!, key: head.key, peerId: head.peerId });
+  weights = await StageWeightsServer.start({ host: head.host!, store: head.store, peerId: head.peerId, files, modelPath: (s) => (s === sha ? modelPath : undefined) });
   writeEndsGguf(modelPath, join(dir, 'ends.gguf'));
   ends = await StageProcess.start({ bin, model: join(dir, 'ends.gguf'), role: 'ends', batch: 64, threads: 1 });
   prompt = await ends.tokenize(PROMPT, true, false);
@@ -60,6 +66,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await client?.stop();
+  await weights?.stop();
   await ends?.stop();
   await Promise.allSettled(servers.map((s) => s.stop()));
   await stopAll(nodes);
@@ -71,6 +78,7 @@ async function hire(ranges: Array<[number, number, number]>): Promise<ChainHop[]
   return await Promise.all(ranges.map(async ([w, start, end]) => {
     const node = nodes[w];
     const c = await writeTestContract(node.store, { modelSha256: sha, headKey: head.key, workerKey: node.key, layerStart: start, layerEnd: end });
+    await insertContractRow(head.store, c); // the market leaves the contract in both parties' databases
     return { peer: node.peerId.toString(), contract: c.id, start, end };
   }));
 }
@@ -93,6 +101,20 @@ describe('chain over libp2p', () => {
       await engine.close();
     }, 120_000);
   }
+
+  it('a worker without the model receives its layers from the head, by content hash, under its contract only', async () => {
+    const route = await hire([[1, 0, 4], [5, 4, 8]]);
+    const f = await files.get(modelPath, sha, 4, 8);
+    route[1] = { ...route[1], weights: f.sha256 };
+    const path = await client.open({ model: sha, route, nEmbd: ends.info.n_embd });
+    const engine = new ChainEngine({ ends, path, slots: 4, batch: 64 });
+    expect((await engine.generate({ prompt, maxTokens: N, sampling: greedy })).tokens).toEqual(ref);
+    await engine.close();
+    expect(existsSync(join(dir, `stages-${nodes[5].peerId.toString().slice(-6)}`, `${f.sha256}.gguf`))).toBe(true);
+    // Another worker asking for those layers under a contract that is not its own gets nothing.
+    await expect(fetchStageWeights(nodes[3].host!, head.peerId, { model: sha, start: 4, end: 8, contract: route[1].contract, sha256: f.sha256 }, join(dir, 'thief')))
+      .rejects.toThrow(/refused the weights: contract \w+ is not yours/);
+  }, 120_000);
 
   it('a stage refuses a head without a contract, a contract for other layers, and a sender off the route', async () => {
     const [good] = await hire([[1, 0, 4]]);

@@ -9,6 +9,7 @@ import { TEST_MODEL_PRESETS, generateTestModel } from '../../runtime/engine/test
 import { writeEndsGguf, writeStageGguf } from '../../runtime/engine/stage-gguf.js';
 import { StageProcess } from '../../runtime/engine/stage-proc.js';
 import { ChainEngine, LocalPath } from '../../runtime/engine/chain.js';
+import { ChainServer } from '../../runtime/engine/chain-server.js';
 import { ensureStageBinary } from '../../runtime/engine/stage-build.js';
 import { nodeGreedy, nodeLlama, looksVaried } from './helpers.js';
 
@@ -105,4 +106,53 @@ describe('chain stages (one machine)', () => {
     await expect(s.eval(Int32Array.of(0), Int32Array.of(100_000), new Float32Array(n))).rejects.toThrow(/position 100000 outside/);
     expect((await s.eval(Int32Array.of(0), Int32Array.of(0), new Float32Array(n).fill(0.1))).length).toBe(n);
   });
+});
+
+describe('chain server (the OpenAI API the gateway fronts)', () => {
+  let server: ChainServer;
+  let url = '';
+  let refText = '';
+  const post = async (path: string, body: unknown): Promise<Response> =>
+    await fetch(url + path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+
+  beforeAll(async () => {
+    const engine = new ChainEngine({ ends, path: new LocalPath(await stages([0, 4, 8])), slots: 4, batch: 64, ctx: 512 });
+    server = new ChainServer({ engine, ends, model: 'small', ctx: 512 });
+    await server.start();
+    url = server.url;
+    refText = Buffer.concat((await ends.pieces(Int32Array.from(ref.get(PROMPTS[0])!))).map((p) => p.bytes)).toString('utf8');
+  }, 60_000);
+  afterAll(async () => { await server?.stop(); });
+
+  it('completes greedily with one process\'s text and bills the prompt and completion it computed', async () => {
+    const r = await post('/v1/completions', { prompt: PROMPTS[0], max_tokens: N, temperature: 0 });
+    const body = await r.json() as { choices: Array<{ text: string; finish_reason: string }>; usage: { prompt_tokens: number; completion_tokens: number } };
+    expect(body.choices[0].text).toBe(refText);
+    expect(body.choices[0].finish_reason).toBe('length');
+    expect(body.usage).toMatchObject({ prompt_tokens: prompts.get(PROMPTS[0])!.length, completion_tokens: N });
+  }, 60_000);
+
+  it('streams the same text, ends with the usage asked for, and honours stop strings', async () => {
+    const r = await post('/v1/completions', { prompt: PROMPTS[0], max_tokens: N, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    const events = (await r.text()).split('\n').filter((l) => l.startsWith('data: ') && l !== 'data: [DONE]').map((l) => JSON.parse(l.slice(6)));
+    expect(events.map((e) => e.choices[0]?.text ?? '').join('')).toBe(refText);
+    expect(events.at(-1).usage.completion_tokens).toBe(N);
+    const stop = refText.slice(5, 9);
+    const s = await (await post('/v1/completions', { prompt: PROMPTS[0], max_tokens: N, temperature: 0, stop })).json() as { choices: Array<{ text: string; finish_reason: string }> };
+    expect(s.choices[0].text).toBe(refText.slice(0, refText.indexOf(stop)));
+    expect(s.choices[0].finish_reason).toBe('stop');
+  }, 60_000);
+
+  it('answers chat, /tokenize and /apply-template, and refuses bad input with a reason', async () => {
+    const chat = await post('/v1/chat/completions', { messages: [{ role: 'user', content: 'Hello' }], max_tokens: 4, temperature: 0 });
+    expect(chat.status).toBe(200);
+    expect(((await chat.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens).toBeGreaterThan(0);
+    const tok = await (await post('/tokenize', { content: PROMPTS[0] })).json() as { tokens: number[] };
+    expect(tok.tokens).toEqual([...prompts.get(PROMPTS[0])!].slice(1)); // no BOS unless add_special
+    expect(((await (await post('/apply-template', { messages: [{ role: 'user', content: 'Hi' }] })).json()) as { prompt: string }).prompt).toContain('Hi');
+    expect((await post('/v1/completions', { max_tokens: 4 })).status).toBe(400);
+    expect((await post('/v1/completions', { prompt: 'x', max_tokens: 100_000 })).status).toBe(400);
+    expect((await post('/v1/completions', { prompt: 'x', temperature: 5 })).status).toBe(400);
+    expect((await post('/v1/completions', { prompt: [1, 2, 99_999_999] })).status).toBe(400);
+  }, 60_000);
 });
