@@ -224,8 +224,9 @@ export class StageServer {
     const me = this.o.peerId.toString();
     const pending: Buffer[] = []; // steps that arrived while the route was being set up
     let ready = false;
-    const fail = (reason: string) => {
-      if (up?.open) { up.sendJson(Frame.Error, { hop: hopIndex, peer: me, reason }); up.close(); }
+    /** Tells the head (through the hops before) what broke; `blame` is the hop at fault, default this one. */
+    const fail = (reason: string, blame: { hop?: number; peer?: string } = { hop: hopIndex, peer: me }) => {
+      if (up?.open) { up.sendJson(Frame.Error, { ...blame, reason }); up.close(); }
       down?.close();
     };
     const handle = (type: number, p: Buffer) => {
@@ -296,11 +297,12 @@ export class StageServer {
           // Errors from further down travel up unchanged: they already name their hop.
           if (type === Frame.Error && up!.open) { up!.send(Frame.Error, p); up!.close(); }
         },
-        close: (err) => { if (up!.open) fail(`the link from hop ${f.index} to ${last ? 'the head' : `hop ${f.index + 1}`} (${next}) closed${err ? `: ${err.message}` : ''}`); },
+        // The next hop went away (a stage that fails says so itself, with an error frame first).
+        close: (err) => { if (up!.open) fail(`the link from hop ${f.index} to ${last ? 'the head' : `hop ${f.index + 1}`} (${next}) closed${err ? `: ${err.message}` : ''}`, last ? {} : { hop: f.index + 1, peer: next }); },
       }, f.shape);
       down.sendJson(Frame.Setup, { ticket: f.ticket, index: f.index + 1, shape: f.shape } satisfies SetupFrame);
     } catch (err) {
-      fail(`hop ${f.index} (${me}) cannot reach ${last ? 'the head' : `hop ${f.index + 1}`} ${next}: ${(err as Error).message}`);
+      fail(`hop ${f.index} (${me}) cannot reach ${last ? 'the head' : `hop ${f.index + 1}`} ${next}: ${(err as Error).message}`, last ? {} : { hop: f.index + 1, peer: next });
       return;
     }
     up.setShape(f.shape ?? {});
@@ -387,7 +389,12 @@ export class ChainClient {
       v: 1, session: randomUUID().replace(/-/g, ''), head: this.o.peerId.toString(), model: q.model, route: q.route, expires: Date.now() + (q.ttlMs ?? 3600_000),
     });
     const first = q.route[0].peer;
-    const stream = await this.o.host.dialProtocol(peerIdFromString(first), STAGE_PROTOCOL, { signal: AbortSignal.timeout(10_000) });
+    let stream: Stream;
+    try {
+      stream = await this.o.host.dialProtocol(peerIdFromString(first), STAGE_PROTOCOL, { signal: AbortSignal.timeout(10_000) });
+    } catch (err) {
+      throw new ChainBroken(0, first, `cannot reach the first hop ${first}: ${(err as Error).message}`);
+    }
     const path = new NetPath(ticket, q.nEmbd, q.stallMs ?? 30_000, () => this.sessions.delete(ticket.ticket.session));
     this.sessions.set(ticket.ticket.session, path);
     path.attachOut(stream, q.shape);

@@ -3,7 +3,7 @@
 // head over /clawmesh/stage-weights/1 (only under an active contract for exactly that range),
 // checks the hash and keeps it across restarts. A worker that holds the whole GGUF cuts its layers
 // itself and receives nothing.
-import { createReadStream, createWriteStream, existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { closeSync, createReadStream, existsSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { PeerId, Stream } from '@libp2p/interface';
@@ -109,28 +109,37 @@ export async function fetchStageWeights(host: Host, head: PeerId, req: WeightsRe
     if (!head0.ok) throw new Error(`the head refused the weights: ${head0.reason}`);
     if (head0.sha256 !== req.sha256) throw new Error(`the head offers weights ${head0.sha256?.slice(0, 12)}…, the ticket names ${req.sha256.slice(0, 12)}…`);
     const hash = createHash('sha256');
-    const out = createWriteStream(tmp);
+    // Plain synchronous writes: a disk keeps up with any home link, and a libp2p stream paused for a
+    // file's backpressure can close under us (a resume would then throw).
+    const fd = openSync(tmp, 'w');
     let got = 0;
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`weights did not arrive within ${timeoutMs} ms`)), timeoutMs);
-      stream.addEventListener('message', (evt) => {
-        const b = evt.data instanceof Uint8Array ? evt.data : evt.data.subarray();
-        got += b.byteLength;
-        if (got > (head0.bytes ?? 0)) { clearTimeout(timer); reject(new Error(`the head sent more than the ${head0.bytes} bytes it announced`)); return; }
-        hash.update(b);
-        if (!out.write(b)) { stream.pause(); out.once('drain', () => stream.resume()); }
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`weights did not arrive within ${timeoutMs} ms`)), timeoutMs);
+        let settled = false;
+        const settle = (err?: Error) => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          if (err) reject(err); else resolve();
+        };
+        stream.addEventListener('message', (evt) => {
+          const b = evt.data instanceof Uint8Array ? evt.data : evt.data.subarray();
+          got += b.byteLength;
+          if (got > (head0.bytes ?? 0)) { settle(new Error(`the head sent more than the ${head0.bytes} bytes it announced`)); return; }
+          hash.update(b);
+          for (let o = 0; o < b.byteLength; ) o += writeSync(fd, b, o);
+          if (got === head0.bytes) settle();
+        });
+        // Ended or closed before the last byte: the transfer broke.
+        const short = (err?: Error) => setTimeout(() => settle(err ?? new Error(`weights ended after ${got} of ${head0.bytes} bytes`)), 0);
+        stream.addEventListener('end', () => short());
+        stream.addEventListener('close', (evt) => short(evt.error));
+        if (head0.bytes === 0) settle();
       });
-      const finished = (err?: Error) => {
-        clearTimeout(timer);
-        if (err) reject(err);
-        else if (got !== head0.bytes) reject(new Error(`weights ended after ${got} of ${head0.bytes} bytes`));
-        else resolve();
-      };
-      // The head half-closes after the last byte ('end'); 'close' covers a reset or a full close.
-      stream.addEventListener('end', () => finished());
-      stream.addEventListener('close', (evt) => finished(evt.error));
-    });
-    await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
+    } finally {
+      closeSync(fd);
+    }
     const sha = hash.digest('hex');
     if (sha !== req.sha256) throw new Error(`received weights hash to ${sha.slice(0, 12)}…, not ${req.sha256.slice(0, 12)}…`);
     renameSync(tmp, path);

@@ -77,7 +77,7 @@ describe('a mesh made with the CLI stays up and heals', () => {
 
   afterAll(async () => {
     await mesh?.stopAll('SIGKILL', 1000)
-    if (root !== undefined) await rm(root, { recursive: true, force: true })
+    if (root !== undefined && process.env.CLAWMESH_KEEP_TEST_DIR !== '1') await rm(root, { recursive: true, force: true })
   })
 
   it('answers paid requests from the official openai client and from LangChain', async () => {
