@@ -166,6 +166,8 @@ export interface StageMeter {
   /** Rows (token positions) this stage computed under the contract: its own count, not the head's claim. */
   tokens: number;
   steps: number;
+  /** When rows were last counted (ms): the receipt audit judges a shortfall only once the stage is quiet. */
+  lastAt: number;
 }
 
 export class StageServer {
@@ -188,6 +190,12 @@ export class StageServer {
 
   meter(): StageMeter[] {
     return [...this.meters.values()].map((m) => ({ ...m }));
+  }
+
+  /** This stage's own count for a contract, as the receipt audit asks it (runtime/ledger/work-meter.ts). */
+  counted(contract: string): { rows: number; lastAt: number } | undefined {
+    const m = this.meters.get(contract);
+    return m === undefined ? undefined : { rows: m.tokens, lastAt: m.lastAt };
   }
 
   /** The stage process serving a contract (tests kill it to play a crash). */
@@ -236,6 +244,7 @@ export class StageServer {
           (out) => {
             meter!.tokens += step.seqs.length;
             meter!.steps++;
+            meter!.lastAt = Date.now();
             if (d.open) d.send(Frame.Step, ...encodeStep(step.step, step.seqs, step.pos, out));
           },
           (err: Error) => fail(`stage ${hopIndex} (${me}) failed: ${err.message}`),
@@ -283,7 +292,7 @@ export class StageServer {
       this.refuse(up, from, f.index, `cannot start the stage: ${(err as Error).message}`);
       return;
     }
-    meter = this.meters.get(hop.contract) ?? { contract: hop.contract, head: t.head, tokens: 0, steps: 0 };
+    meter = this.meters.get(hop.contract) ?? { contract: hop.contract, head: t.head, tokens: 0, steps: 0, lastAt: 0 };
     this.meters.set(hop.contract, meter);
     const last = f.index === t.route.length - 1;
     const next = last ? t.head : t.route[f.index + 1].peer;
