@@ -313,14 +313,14 @@ export class RpcGuard {
  * payloads are hundreds of MB; they are never buffered here).
  */
 class Framer {
-  private held = Buffer.alloc(0);
+  private held: Buffer = Buffer.alloc(0);
   private parts: Buffer[] = [];
   private heldBytes = 0;
   private need: number;
   private stage: 'header' | 'inspect' | 'stream' = 'header';
   private left = 0;
   private size = 0;
-  private hdr = Buffer.alloc(0);
+  private hdr: Buffer = Buffer.alloc(0);
 
   constructor(private readonly headerBytes: number) {
     this.need = headerBytes;
