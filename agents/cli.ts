@@ -8,6 +8,9 @@ import { ReceiptService } from '../runtime/ledger/service.ts'
 import { startPaidApi } from '../runtime/gateway/serve.ts'
 import { resolveModelPath } from '../runtime/engine/catalog.ts'
 import type { Gateway } from '../runtime/gateway/server.ts'
+import type { Replay } from '../runtime/gateway/spot-check.ts'
+import { replaysFor } from '../runtime/gateway/replays.ts'
+import type { Pipeline } from '../skills/assembly/pipeline.ts'
 import { contractId } from '../protocols/index.ts'
 import { ClawBot } from './clawbot.ts'
 import type { Brain } from './brains/providers.ts'
@@ -48,6 +51,13 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
   // Every node cosigns and books receipts (workers sign what they served, bystanders verify balances).
   const receipts = new ReceiptService(node)
   receipts.start()
+  if (engine.meter !== undefined) {
+    // A worker signs only what it computed by its own count (runtime/ledger/audit.ts); a head caught
+    // under-billing or not paying is refused further service on that contract.
+    const meter = engine.meter
+    receipts.attachMeter({ counted: (c) => meter()?.counted(c) })
+    receipts.onMeterReport((r) => { meter()?.suspend(contractId(r.contract.doc), `its head ${r.reason === 'unpaid' ? 'did not pay' : 'under-billed'} us: claimed ${r.claimed}, counted ${r.counted}`) })
+  }
   const bot = await ClawBot.start(node, { runner: engine.runner, brain: opts.brain })
   // A head with a `gateway` section sells every model it assembles through one paid API (one port;
   // `model` picks the pipeline; one place counts each key's reservations), kept across re-assemblies
@@ -60,14 +70,33 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
     announced.add(model)
     console.log(`Paid API for ${model}: ${g.url}/v1 (clawmesh keys create --credits N makes a key)`)
   }
+  // Spot checks (on by default) replay on another provider of the same range, where the head holds
+  // one; the list is refilled at each assembly and read by the gateway at each check.
+  const replays: Replay[] = []
+  const replayPipelines: Pipeline[] = []
+  const warnedUnchecked = new Set<string>()
   bot.onAssembled((a) => {
     if (node.config.gateway === undefined || a.pipeline?.url === undefined) return
+    void bot.book.contracts({ head: node.peerId.toString(), model: a.model.sha256, status: 'active' }).then((held) => {
+      const r = replaysFor(a.contracts, held.map((c) => c.signed), async (cs) => {
+        const p = await engine.runner.run(cs, a.model)
+        replayPipelines.push(p)
+        if (p.url === undefined) throw new Error('the replay pipeline has no URL')
+        return p.url
+      })
+      replays.splice(0, replays.length, ...r.replays)
+      for (const id of r.unchecked) {
+        if (warnedUnchecked.has(id)) continue
+        warnedUnchecked.add(id)
+        node.log.info('no other provider of this contract\'s range: its outputs are not spot-checked (its token counts still are, by the worker)', { contract: id })
+      }
+    }).catch((err: unknown) => { node.log.warn('could not list replays for spot checks', { error: (err as Error).message }) })
     const route = { upstream: a.pipeline.url, contractIds: a.contracts.map((c) => contractId(c.doc)), modelSha256: a.model.sha256, modelName: a.model.name }
     if (gateway !== undefined) {
       void gateway.then((g) => { if (g !== undefined) { g.serve(route); announce(g, a.model.name) } })
       return
     }
-    gateway = startPaidApi(node, receipts, { url: route.upstream, contractIds: route.contractIds, modelSha256: route.modelSha256, modelName: route.modelName }).then((g) => {
+    gateway = startPaidApi(node, receipts, { url: route.upstream, contractIds: route.contractIds, modelSha256: route.modelSha256, modelName: route.modelName, replays }).then((g) => {
       announce(g, a.model.name)
       return g
     }, (err: unknown) => {
@@ -108,6 +137,7 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
       const errors: unknown[] = []
       const step = async (f: () => unknown): Promise<void> => { try { await f() } catch (err) { errors.push(err) } }
       await step(async () => { await (await gateway)?.stop() })
+      for (const p of replayPipelines) await step(async () => { await p.stop() })
       await step(async () => { await bot.stop() })
       await step(async () => { await receipts.stop() })
       await step(async () => { await (await serving)?.() })

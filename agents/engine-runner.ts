@@ -6,7 +6,14 @@ export interface EngineHookup {
   runner: PipelineRunner
   /** Lets contracted heads use this machine's compute; returns how to stop. Undefined without an engine. */
   serve?: () => Promise<() => Promise<void>>
+  /** Once serving: the worker's own count of what it computed per contract, and how to stop serving one. */
+  meter?: () => ServingMeter | undefined
   real: boolean
+}
+
+export interface ServingMeter {
+  counted: (contract: string) => { rows: number, lastAt: number } | undefined
+  suspend: (contract: string, reason: string) => void
 }
 
 /**
@@ -20,11 +27,14 @@ export async function engineFor (node: MeshNode): Promise<EngineHookup> {
   const { Runner, ChainRunner, Slice } = mods
   // The chain is the default (issue #14); config engine.mode 'star' keeps llama.cpp's RPC.
   const mode = node.config.engine?.mode ?? 'chain'
+  let serving: InstanceType<EngineModules['Slice']> | undefined
   return {
     runner: mode === 'star' ? new Runner(node) : new ChainRunner(node),
     real: true,
+    meter: () => serving?.running,
     serve: async () => {
       const slice = new Slice({ node })
+      serving = slice
       const status = await slice.call({ action: 'start' })
       if (status.includes('failed')) throw new Error(status)
       return async () => { await slice.call({ action: 'stop' }) }
@@ -35,7 +45,7 @@ export async function engineFor (node: MeshNode): Promise<EngineHookup> {
 interface EngineModules {
   Runner: new (node: MeshNode) => PipelineRunner
   ChainRunner: new (node: MeshNode) => PipelineRunner
-  Slice: new (deps: { node: MeshNode }) => { call: (i: { action: 'start' | 'stop' }) => Promise<string> }
+  Slice: new (deps: { node: MeshNode }) => { call: (i: { action: 'start' | 'stop' }) => Promise<string>, running?: ServingMeter }
 }
 
 async function engineModules (): Promise<EngineModules | undefined> {

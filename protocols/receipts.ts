@@ -159,6 +159,11 @@ export function earningsFromReceipts (receipts: Iterable<SignedReceipt>): Map<st
 export const ReceiptProposalKind = defineKind('receipt-proposal', ReceiptSchema, 5 * 60_000)
 /** Worker → head: the worker's signature over a proposal. */
 export const ReceiptSignatureKind = defineKind('receipt-signature', WorkerSignedReceiptSchema, 5 * 60_000)
+/**
+ * Worker → head: a receipt the worker proposed and signed from its own meter, for rows it computed that
+ * the head proposed no receipt for (runtime/ledger/audit.ts); the head countersigns what it owes.
+ */
+export const WorkerProposalKind = defineKind('receipt-worker-proposal', WorkerSignedReceiptSchema, 5 * 60_000)
 /** Head → everyone: a settled, double-signed receipt; any peer can verify it and recompute balances. */
 export const ReceiptKind = defineKind('receipt', SignedReceiptSchema, 15 * 60_000)
 

@@ -216,8 +216,12 @@ export const ConfigSchema = z.object({
     networkFeePerMTok: z.number().nonnegative().default(0),
     defaultMaxTokens: z.number().int().positive().default(256),
     maxTokensCap: z.number().int().positive().default(4096),
-    /** Chance that a served request is replayed on another provider of the same range (0..1). */
-    spotCheckProbability: z.number().min(0).max(1).default(0),
+    /**
+     * Chance that a served request is replayed on another provider of the same range (0..1). On by
+     * default: 5 % audits each worker's outputs often enough that a caught cheat loses more (its
+     * unsettled receipts and its contract) than it saves (sims/cheating.ts prints the numbers).
+     */
+    spotCheckProbability: z.number().min(0).max(1).default(0.05),
     /** Challenge window before usage settles, during which a failed spot check voids receipts. */
     settleDelayMs: z.number().int().nonnegative().default(30_000)
   }).strict().optional()

@@ -168,12 +168,15 @@ export interface StageMeter {
   /** Rows (token positions) this stage computed under the contract: its own count, not the head's claim. */
   tokens: number;
   steps: number;
+  /** When rows were last counted (ms): the receipt audit judges a shortfall only once the stage is quiet. */
+  lastAt: number;
 }
 
 export class StageServer {
   readonly refusals: Array<{ at: number; peer: string; reason: string }> = [];
   private readonly procs = new Map<string, Promise<StageProcess>>();
   private readonly meters = new Map<string, StageMeter>();
+  private readonly suspended = new Map<string, string>();
   private readonly book: ContractBook;
   private stopped = false;
 
@@ -190,6 +193,23 @@ export class StageServer {
 
   meter(): StageMeter[] {
     return [...this.meters.values()].map((m) => ({ ...m }));
+  }
+
+  /** This stage's own count for a contract, as the receipt audit asks it (runtime/ledger/work-meter.ts). */
+  /**
+   * Stops serving a contract whose head cheated on it (the receipt audit's verdict): its stage process
+   * goes and every later setup under it is refused with the reason.
+   */
+  suspend(contract: string, reason: string): void {
+    this.suspended.set(contract, reason);
+    const p = this.procs.get(contract);
+    this.procs.delete(contract);
+    void p?.then((proc) => proc.stop()).catch(() => {});
+  }
+
+  counted(contract: string): { rows: number; lastAt: number } | undefined {
+    const m = this.meters.get(contract);
+    return m === undefined ? undefined : { rows: m.tokens, lastAt: m.lastAt };
   }
 
   /** The stage process serving a contract (tests kill it to play a crash). */
@@ -239,6 +259,7 @@ export class StageServer {
           (out) => {
             meter!.tokens += step.seqs.length;
             meter!.steps++;
+            meter!.lastAt = Date.now();
             if (d.open) d.send(Frame.Step, ...encodeStep(step.step, step.seqs, step.pos, out));
           },
           (err: Error) => fail(`stage ${hopIndex} (${me}) failed: ${err.message}`),
@@ -274,6 +295,8 @@ export class StageServer {
     if (f.index >= t.route.length) { this.refuse(up, from, f.index, `hop ${f.index} is the head's return leg, not a stage`); return; }
     const hop = t.route[f.index];
     if (hop.peer !== me) { this.refuse(up, from, f.index, `hop ${f.index} is ${hop.peer}, not this node`); return; }
+    const held = this.suspended.get(hop.contract);
+    if (held !== undefined) { this.refuse(up, from, f.index, `contract ${hop.contract} is suspended on this worker: ${held}`); return; }
     const access = await this.book.checkAccess({ contractId: hop.contract, worker: me, head: t.head, modelSha256: t.model });
     if (!access.ok) { this.refuse(up, from, f.index, access.reason); return; }
     if (access.contract.layerStart !== hop.start || access.contract.layerEnd !== hop.end) {
@@ -286,7 +309,7 @@ export class StageServer {
       this.refuse(up, from, f.index, `cannot start the stage: ${(err as Error).message}`);
       return;
     }
-    meter = this.meters.get(hop.contract) ?? { contract: hop.contract, head: t.head, tokens: 0, steps: 0 };
+    meter = this.meters.get(hop.contract) ?? { contract: hop.contract, head: t.head, tokens: 0, steps: 0, lastAt: 0 };
     this.meters.set(hop.contract, meter);
     const last = f.index === t.route.length - 1;
     const next = last ? t.head : t.route[f.index + 1].peer;

@@ -92,12 +92,70 @@ export class ContractMeter {
   peakAllocated = 0;
   cached = 0;
   refused = 0;
+  /** Token rows the contract's layers computed (graphRows per GRAPH_COMPUTE, repeated by GRAPH_RECOMPUTE). */
+  rows = 0;
+  graphs = 0;
+  /** Graphs in which no row count was found (no MUL_MAT node): computed, but counted as 0 rows. */
+  uncounted = 0;
+  /** When rows were last counted (ms): the receipt audit waits for a quiet meter before it judges a shortfall. */
+  lastAt = 0;
   constructor(readonly contractId: string, readonly limits: RpcLimits) {}
 
   add(n: number): void {
     this.allocated += n;
     this.peakAllocated = Math.max(this.peakAllocated, this.allocated);
   }
+
+  count(rows: number, now = Date.now()): void {
+    this.rows += rows;
+    this.graphs++;
+    if (rows === 0) this.uncounted++;
+    this.lastAt = now;
+  }
+}
+
+/** ggml_op values (ggml.h of the llama.cpp the engine builds; the enum has been append-mostly). */
+export const GGML_OP_MUL_MAT = 29;
+const T_NE = 20;
+const T_OP = 52;
+const T_NAME = 228;
+
+/**
+ * Token rows one serialised graph computes: the largest ne[1] of its MUL_MAT nodes. Every matrix
+ * product a transformer layer does on its activations has the ubatch's tokens as ne[1]: the weight
+ * products ([n_out, n_tokens]) and the attention products (KQ [n_kv, n_tokens, n_head], KQV
+ * [head_dim, n_tokens, n_head]). Rows pruned to the outputs on the last layer (get_rows on
+ * inp_out_ids) come after its attention, so the maximum is still the whole ubatch. Counting the
+ * work's shape rather than names (attn_norm-N, inp_pos) keeps a head that renames tensors from
+ * hiding rows. Limits: a graph with no MUL_MAT counts 0 (counted apart as `uncounted`); a head
+ * running a patched llama.cpp that lays products out transposed ([n_tokens, n_out]) could make
+ * rows look like n_out (more, not less, than the truth, for n_tokens < n_out) or hide work in ops
+ * other than MUL_MAT; MoE expert products (MUL_MAT_ID) are not looked at, their layers' attention
+ * products carry the count.
+ *
+ * Layout: | device u32 | n_nodes u32 | nodes u64 × n_nodes | n_tensors u32 | rpc_tensor × n_tensors |.
+ */
+export function graphRows(body: Buffer): { device: number; rows: number } {
+  if (body.byteLength < 8) return { device: 0, rows: 0 };
+  const device = body.readUInt32LE(0);
+  const nNodes = body.readUInt32LE(4);
+  const at = 8 + 8 * nNodes;
+  if (body.byteLength < at + 4) return { device, rows: 0 };
+  const nTensors = body.readUInt32LE(at);
+  let rows = 0;
+  for (let i = 0; i < nTensors; i++) {
+    const t = at + 4 + i * RPC_TENSOR_BYTES;
+    if (t + RPC_TENSOR_BYTES > body.byteLength) break;
+    if (body.readUInt32LE(t + T_OP) === GGML_OP_MUL_MAT) rows = Math.max(rows, body.readUInt32LE(t + T_NE + 4));
+  }
+  return { device, rows };
+}
+
+/** A tensor's name in an rpc_tensor (NUL-terminated, at most 64 bytes); for logs and tests. */
+export function tensorName(t: Buffer): string {
+  const raw = t.subarray(T_NAME, T_NAME + 64);
+  const end = raw.indexOf(0);
+  return raw.subarray(0, end < 0 ? 64 : end).toString('utf8');
 }
 
 type Parsed = { out: Uint8Array[] };
@@ -113,6 +171,8 @@ export class RpcGuard {
   private readonly expect: Array<{ cmd: number; reserved: number }> = [];
   private greeted = false;
   private closed = false;
+  /** Rows of the graph each device last stored: GRAPH_RECOMPUTE runs it again. */
+  private readonly lastRows = new Map<number, number>();
   private readonly head = new Framer(9);
   private readonly server = new Framer(8);
 
@@ -169,7 +229,8 @@ export class RpcGuard {
       }
     }
     const size = Number(big);
-    return { size, inspect: fixed ?? (cmd === RPC_CMD.SET_TENSOR ? SET_TENSOR_HEAD : 0) };
+    // A graph is read whole to count its rows (it is at most MAX_GRAPH_BYTES, and rpc-server holds it whole too).
+    return { size, inspect: fixed ?? (cmd === RPC_CMD.SET_TENSOR ? SET_TENSOR_HEAD : cmd === RPC_CMD.GRAPH_COMPUTE ? size : 0) };
   }
 
   private decideRequest(hdr: Buffer, body: Buffer): void {
@@ -199,6 +260,15 @@ export class RpcGuard {
         if (n !== undefined) { this.live.delete(ptr); m.allocated -= n; }
         break;
       }
+      case RPC_CMD.GRAPH_COMPUTE: {
+        const g = graphRows(body);
+        this.lastRows.set(g.device, g.rows);
+        m.count(g.rows);
+        break;
+      }
+      case RPC_CMD.GRAPH_RECOMPUTE:
+        m.count(this.lastRows.get(body.readUInt32LE(0)) ?? 0);
+        break;
       case RPC_CMD.SET_TENSOR: {
         const cacheFlag = body[RPC_TENSOR_BYTES];
         const data = Number(hdr.readBigUInt64LE(1)) - SET_TENSOR_HEAD;
@@ -243,12 +313,14 @@ export class RpcGuard {
  * payloads are hundreds of MB; they are never buffered here).
  */
 class Framer {
-  private held = Buffer.alloc(0);
+  private held: Buffer = Buffer.alloc(0);
+  private parts: Buffer[] = [];
+  private heldBytes = 0;
   private need: number;
   private stage: 'header' | 'inspect' | 'stream' = 'header';
   private left = 0;
   private size = 0;
-  private hdr = Buffer.alloc(0);
+  private hdr: Buffer = Buffer.alloc(0);
 
   constructor(private readonly headerBytes: number) {
     this.need = headerBytes;
@@ -270,9 +342,12 @@ class Framer {
         if (this.left === 0) this.next();
         continue;
       }
-      const take = Math.min(this.need - this.held.byteLength, c.byteLength);
-      if (take > 0) { this.held = Buffer.concat([this.held, c.subarray(0, take)]); c = c.subarray(take); }
-      if (this.held.byteLength < this.need) break;
+      const take = Math.min(this.need - this.heldBytes, c.byteLength);
+      // Parts are copied and joined once, when complete: a graph of a few MB arrives in many chunks.
+      if (take > 0) { this.parts.push(Buffer.from(c.subarray(0, take))); this.heldBytes += take; c = c.subarray(take); }
+      if (this.heldBytes < this.need) break;
+      this.held = this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts);
+      this.parts = [this.held];
       if (this.stage === 'header') {
         this.hdr = this.held;
         const r = inspect(this.hdr);
@@ -292,6 +367,8 @@ class Framer {
 
   private startStream(left: number): void {
     this.held = Buffer.alloc(0);
+    this.parts = [];
+    this.heldBytes = 0;
     this.left = left;
     if (left > 0) this.stage = 'stream';
     else this.next();
@@ -301,5 +378,7 @@ class Framer {
     this.stage = 'header';
     this.need = this.headerBytes;
     this.held = Buffer.alloc(0);
+    this.parts = [];
+    this.heldBytes = 0;
   }
 }

@@ -63,7 +63,7 @@ export interface WorkerStatus {
   streams: number;
   refusals: number;
   /** Per contract: live buffers, the cap, the peak, cache writes and commands refused. */
-  meters: Array<{ contractId: string; allocated: number; capBytes: number; peak: number; cached: number; cacheCapBytes: number; refused: number }>;
+  meters: Array<{ contractId: string; allocated: number; capBytes: number; peak: number; cached: number; cacheCapBytes: number; refused: number; rows: number; graphs: number }>;
 }
 
 export class SliceWorker {
@@ -73,6 +73,8 @@ export class SliceWorker {
   private readonly ready = new Map<string, RpcServerHandle>();
   private readonly book: ContractBook;
   private readonly meters = new Map<string, ContractMeter>();
+  /** Meters of released contracts, kept for their row counts until their receipts are settled. */
+  private readonly retired = new Map<string, ContractMeter>();
   /** Contracts whose head broke their cap: later streams are refused with this reason. */
   private readonly suspended = new Map<string, string>();
   private readonly log: Logger;
@@ -117,9 +119,24 @@ export class SliceWorker {
     for (const [contractId, h] of this.ready) rpcServers.push({ contractId, endpoint: h.endpoint, pid: h.pid, isolation: h.isolation });
     const meters = [...this.meters.values()].map((m) => ({
       contractId: m.contractId, allocated: m.allocated, capBytes: m.limits.allocBytes, peak: m.peakAllocated,
-      cached: m.cached, cacheCapBytes: m.limits.cacheBytes, refused: m.refused,
+      cached: m.cached, cacheCapBytes: m.limits.cacheBytes, refused: m.refused, rows: m.rows, graphs: m.graphs,
     }));
     return { peerId: this.o.node.peerId.toString(), protocol: RPC_PROTOCOL, rpcServers, streams: this.streams, refusals: this.refusals.length, meters };
+  }
+
+  /**
+   * Token rows this worker computed under a contract, from its own reading of the graphs it ran
+   * (rpc-guard.ts graphRows), and when it last counted some: what the receipt audit asks
+   * (runtime/ledger/work-meter.ts). Counts outlive the contract's rpc-server (receipts come after).
+   */
+  counted(contractId: string): { rows: number; lastAt: number } | undefined {
+    const m = this.meters.get(contractId) ?? this.retired.get(contractId);
+    return m === undefined ? undefined : { rows: m.rows, lastAt: m.lastAt };
+  }
+
+  /** Refuses the contract's later streams and cuts none in flight (the receipt audit caught its head). */
+  suspend(contractId: string, reason: string): void {
+    if (!this.suspended.has(contractId)) this.suspended.set(contractId, reason);
   }
 
   /** The running rpc-server of a contract, if any (tests kill it to simulate a crash). */
@@ -132,6 +149,8 @@ export class SliceWorker {
     const p = this.servers.get(contractId);
     this.servers.delete(contractId);
     this.ready.delete(contractId);
+    const m = this.meters.get(contractId);
+    if (m !== undefined) this.retired.set(contractId, m);
     this.meters.delete(contractId);
     this.suspended.delete(contractId);
     if (p !== undefined) await (await p).stop();
@@ -242,6 +261,9 @@ export class SliceWorker {
       : this.o.layerBytes !== undefined ? limitsForLayers(layers, this.o.layerBytes, 'the worker\'s configured layer size') : 'this worker has no layer size for it';
     if (typeof limits === 'string') throw new Error(`contract ${c.id} cannot be metered, so it is not served: ${limits}`);
     const m = this.meters.get(c.id) ?? new ContractMeter(c.id, limits);
+    // A contract served again after a release keeps counting from where it was.
+    const was = this.retired.get(c.id);
+    if (was !== undefined) { m.rows = was.rows; m.graphs = was.graphs; m.lastAt = was.lastAt; this.retired.delete(c.id); }
     this.meters.set(c.id, m);
     this.log.info('contract metered', { contract: c.id, capBytes: limits.allocBytes, cacheCapBytes: limits.cacheBytes, basis: limits.basis });
     return m;

@@ -11,7 +11,7 @@ export interface PipelineEndpoint {
   modelName: string
   /** The contracts the pipeline runs on (only these are billed). */
   contractIds?: readonly string[]
-  /** Other providers of single ranges, for spot checks (needs gateway.spotCheckProbability > 0). */
+  /** Other providers of single ranges, for spot checks (needs gateway.spotCheckProbability > 0); read at each check. */
   replays?: Replay[]
 }
 
@@ -24,7 +24,8 @@ export interface PipelineEndpoint {
 export async function startPaidApi (node: MeshNode, service: ReceiptService, pipeline: PipelineEndpoint): Promise<Gateway> {
   const cfg = node.config.gateway
   if (cfg === undefined) throw new Error(`${node.home}: no "gateway" section in config.json; the paid API is off`)
-  const spotChecker = cfg.spotCheckProbability > 0 && (pipeline.replays?.length ?? 0) > 0
+  // The replays list is read at each check: a caller may fill it later (clawmesh start does, as contracts come).
+  const spotChecker = cfg.spotCheckProbability > 0 && pipeline.replays !== undefined
     ? new SpotChecker({ probability: cfg.spotCheckProbability, replays: pipeline.replays ?? [] }, pipeline.url, async (r) => await service.reportFraud(r))
     : undefined
   const gateway = new Gateway({

@@ -7,6 +7,8 @@ export interface Replay {
   /** The contract whose range this replay serves by someone else. */
   contract: string
   upstream: string
+  /** Starts the replay pipeline on first use and gives its root URL (when `upstream` is empty). */
+  start?: () => Promise<string>
   /** Who serves the replay (peer id or label), named in fraud reports. */
   provider: string
 }
@@ -53,7 +55,8 @@ export class SpotChecker {
     const n = Math.min(this.opts.maxTokens ?? 16, Number(body.max_tokens ?? 16))
     const probe = { ...rest, stream: false, temperature: 0, top_k: 1, seed: 1, n: 1, max_tokens: n, n_predict: n }
     try {
-      const [ours, theirs] = await Promise.all([generate(this.primary, path, probe), generate(replay.upstream, path, probe)])
+      const upstream = replay.upstream !== '' || replay.start === undefined ? replay.upstream : await replay.start()
+      const [ours, theirs] = await Promise.all([generate(this.primary, path, probe), generate(upstream, path, probe)])
       if (ours === theirs) return { outcome: 'match', contract: contract.id }
       const report = await this.report({
         accused: contract.worker,

@@ -7,8 +7,8 @@ import { getContract } from './contracts.ts'
 /**
  * The worker's side: it signs a receipt only if the terms are those of a contract it holds with that
  * head (same model, layer count and price), and signs each (contract, seq) at most once, so a head
- * cannot collect two signatures for one slot. It cannot check the token count on its own yet (the
- * RPC server does not report it); it trusts the head there and spot checks keep heads honest enough.
+ * cannot collect two signatures for one slot. The token count is checked apart, against the worker's
+ * own meter, before `sign` is called (runtime/ledger/audit.ts, wired in service.ts).
  */
 export class ReceiptCosigner {
   readonly peerId: string
@@ -18,7 +18,8 @@ export class ReceiptCosigner {
     this.peerId = peerIdFromPrivateKey(key).toString()
   }
 
-  async sign (proposal: Receipt, proposedBy: string, now = Date.now()): Promise<WorkerSignedReceipt> {
+  /** Throws ReceiptInvalid unless the proposal's terms are those of our contract with its head. */
+  async check (proposal: Receipt, proposedBy: string): Promise<void> {
     if (proposal.worker !== this.peerId) throw new ReceiptInvalid(`proposal is for ${proposal.worker}, not us`)
     if (proposedBy !== proposal.head) throw new ReceiptInvalid(`proposal for head ${proposal.head} came from ${proposedBy}`)
     const c = await getContract(this.db, proposal.contract)
@@ -31,6 +32,15 @@ export class ReceiptCosigner {
     // The running total the amount is rounded on: no less than what we already signed for before it.
     const before = await this.db.get<{ tokens: number }>('SELECT COALESCE(SUM(tokens), 0) AS tokens FROM receipts WHERE contract = ? AND seq < ?', [proposal.contract, proposal.seq])
     if (proposal.prior < (before?.tokens ?? 0)) throw new ReceiptInvalid(`proposal ${proposal.contract}#${proposal.seq} says ${proposal.prior} tokens were billed before it; we signed for ${before?.tokens ?? 0}`)
+  }
+
+  /** Whether we already signed this slot (a re-sent proposal is answered without a new audit). */
+  async signedSlot (contract: string, seq: number): Promise<boolean> {
+    return await this.db.get('SELECT 1 AS x FROM receipts WHERE contract = ? AND seq = ? AND worker = ?', [contract, seq, this.peerId]) !== undefined
+  }
+
+  async sign (proposal: Receipt, proposedBy: string, now = Date.now()): Promise<WorkerSignedReceipt> {
+    await this.check(proposal, proposedBy)
     const id = receiptId(proposal)
     const signed = await signAsWorker(this.key, proposal)
     const fresh = await this.db.transaction(async (tx) => {

@@ -8,6 +8,10 @@ import {
 import type { SqliteDb, Queryable } from '../store/sqlite.ts'
 import { signedContractOf, type ContractRow } from './contracts.ts'
 import { NETWORK_FEES, agentAccount, appendTransfers, userAccount, type Transfer } from './ledger.ts'
+import { WORKER_SEQ_BASE } from './audit.ts'
+
+/** Usage the head ran for itself (outside its gateway): key_id names the account that pays, its own. */
+const SELF_USE = 'agent:'
 
 export interface UsageInput {
   keyId: string
@@ -119,6 +123,32 @@ export class HeadBook {
     return changes === 1 ? signed : undefined
   }
 
+  /**
+   * A receipt the worker proposed from its own meter because we proposed none (we ran the pipeline
+   * outside the gateway): we owe it, so we countersign it if its terms are our contract's and its
+   * slot is the worker's own and free, and book it as our own usage, paid from our account.
+   */
+  async acceptWorkerProposal (ws: WorkerSignedReceipt, contract: ContractRow, now = Date.now()): Promise<SignedReceipt | undefined> {
+    const r = ws.receipt
+    const mismatch = [
+      contract.head !== this.peerId && 'head', contract.worker !== r.worker && 'worker', contract.modelSha256 !== r.modelHash && 'model',
+      contract.layerEnd - contract.layerStart !== r.layers && 'layers', contract.price !== r.price && 'price', r.seq < WORKER_SEQ_BASE && 'seq'
+    ].filter(Boolean)
+    if (mismatch.length > 0) throw new ReceiptInvalid(`worker proposal ${r.contract}#${r.seq} differs from the contract in ${mismatch.join(', ')}`)
+    const id = receiptId(r)
+    const signed = await countersignAsHead(this.key, ws)
+    const usageId = `u_${randomBytes(12).toString('hex')}`
+    return await this.db.transaction(async (tx) => {
+      const slot = await tx.get<{ id: string }>('SELECT id FROM receipts WHERE contract = ? AND seq = ?', [r.contract, r.seq])
+      if (slot !== undefined) return undefined
+      await tx.run('INSERT INTO usage (id, key_id, model_sha256, prompt_tokens, completion_tokens, fee, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+        [usageId, agentAccount(this.peerId), r.modelHash, r.tokens, 0, 0, 'pending', now])
+      await tx.run('INSERT INTO receipts (id, contract, seq, head, worker, tokens, amount, usage_id, status, document, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        [id, r.contract, r.seq, this.peerId, r.worker, r.tokens, receiptAmount(r), usageId, 'signed', JSON.stringify(signed), now])
+      return signed
+    })
+  }
+
   /** Usages whose receipts are all decided (signed or void) and older than the challenge window. */
   async settleable (olderThan: number): Promise<string[]> {
     const rows = await this.db.all<{ id: string }>(
@@ -137,7 +167,7 @@ export class HeadBook {
       const usage = await tx.get<{ key_id: string, fee: number, status: string }>('SELECT key_id, fee, status FROM usage WHERE id = ?', [usageId])
       if (usage === undefined || usage.status !== 'pending') return undefined
       const rows = await tx.all<ReceiptRow>("SELECT id, worker, amount, status, document FROM receipts WHERE usage_id = ? AND status = 'signed' ORDER BY id", [usageId])
-      const user = userAccount(usage.key_id)
+      const user = usage.key_id.startsWith(SELF_USE) ? usage.key_id : userAccount(usage.key_id)
       const transfers: Transfer[] = rows.filter((r) => r.amount > 0).map((r) => ({
         debit: user, credit: agentAccount(r.worker), amount: r.amount, memo: `receipt usage:${usageId}`, ref: r.id
       }))
@@ -218,11 +248,10 @@ export class HeadBook {
  * contract's history and was paid on every request.
  */
 async function nextReceipt (q: Queryable, contract: string): Promise<{ seq: number, prior: number }> {
-  const last = await q.get<{ seq: number, tokens: number, document: string }>('SELECT seq, tokens, document FROM receipts WHERE contract = ? ORDER BY seq DESC LIMIT 1', [contract])
-  if (last === undefined) return { seq: 1, prior: 0 }
-  const prior = (JSON.parse(last.document) as { receipt?: { prior?: unknown } }).receipt?.prior
-  if (typeof prior !== 'number') throw new Error(`receipt ${contract}#${last.seq} has no prior in its document; cannot continue the contract's sequence`)
-  return { seq: last.seq + 1, prior: prior + last.tokens }
+  // Slots from WORKER_SEQ_BASE up are the worker's own proposals (audit.ts): ours stay below, and the
+  // prior counts every receipt of the contract, the worker's included.
+  const r = await q.get<{ seq: number, prior: number }>('SELECT COALESCE(MAX(CASE WHEN seq < ? THEN seq END), 0) + 1 AS seq, COALESCE(SUM(tokens), 0) AS prior FROM receipts WHERE contract = ?', [WORKER_SEQ_BASE, contract])
+  return { seq: r?.seq ?? 1, prior: r?.prior ?? 0 }
 }
 
 /** SQLite builds may bind as few as 999 parameters per statement. */

@@ -65,8 +65,21 @@ export class ServeSlice {
     });
   }
 
-  get running(): SliceWorker | undefined {
-    return this.worker;
+  /** What this machine computed per contract, star and chain together (the receipt audit asks), and how to cut a contract off. */
+  get running(): { counted: (contract: string) => { rows: number; lastAt: number } | undefined; suspend: (contract: string, reason: string) => void } | undefined {
+    const worker = this.worker;
+    const stage = this.stage;
+    if (worker === undefined && stage === undefined) return undefined;
+    return {
+      counted: (contract) => {
+        const a = worker?.counted(contract);
+        const b = stage?.counted(contract);
+        if (a === undefined) return b;
+        if (b === undefined) return a;
+        return { rows: a.rows + b.rows, lastAt: Math.max(a.lastAt, b.lastAt) };
+      },
+      suspend: (contract, reason) => { worker?.suspend(contract, reason); stage?.suspend(contract, reason); },
+    };
   }
 
   async call(input: ServeSliceInput): Promise<string> {

@@ -11,7 +11,7 @@ import type { MeshNode } from '../../runtime/node/node.js';
 import { writeTestContract } from '../../runtime/engine/contracts.js';
 import { SliceWorker } from '../../runtime/engine/worker.js';
 import { openRpcStream, TunnelRefused } from '../../runtime/engine/tunnel.js';
-import { RPC_CMD, RPC_TENSOR_BYTES, RpcGuard, ContractMeter, limitsForLayers } from '../../runtime/engine/rpc-guard.js';
+import { GGML_OP_MUL_MAT, RPC_CMD, RPC_TENSOR_BYTES, RpcGuard, ContractMeter, limitsForLayers } from '../../runtime/engine/rpc-guard.js';
 import { openNode, stopAll, tempDir } from '../helpers/mesh.js';
 import { llamaBuildOrSkip, type BuildOutcome } from './helpers.js';
 
@@ -38,6 +38,32 @@ function tensor(buffer: bigint, data: bigint, n: number): Buffer {
   t.writeBigUInt64LE(data, 8 + 4 + 8 + 16 + 16 + 4 + 64 + 4 + 80 + 16); // after op, op_params, flags, src[], view_src, view_offs
   return t;
 }
+
+/** An f32 rpc_tensor of shape [ne0, ne1] with an id, an op and sources (ids), as llama.cpp serialises graph nodes. */
+function node2d(o: { id: bigint; buffer: bigint; data: bigint; ne0: number; ne1: number; op?: number; src?: bigint[]; name?: string }): Buffer {
+  const t = tensor(o.buffer, o.data, o.ne0);
+  t.writeBigUInt64LE(o.id, 0);
+  t.writeUInt32LE(o.ne1, 24);
+  [4, 4 * o.ne0, 4 * o.ne0 * o.ne1, 4 * o.ne0 * o.ne1].forEach((v, i) => t.writeUInt32LE(v, 36 + 4 * i));
+  t.writeUInt32LE(o.op ?? 0, 52);
+  if (o.op !== undefined) t.writeInt32LE(16, 120); // GGML_TENSOR_FLAG_COMPUTE: ggml-cpu skips nodes without it
+  (o.src ?? []).forEach((id, i) => t.writeBigUInt64LE(id, 124 + 8 * i));
+  t.write(o.name ?? '', 228, 'utf8');
+  return t;
+}
+/** GRAPH_COMPUTE of out = W · x (W: [k, m] weights, x: [k, tokens]): out is [m, tokens], one MUL_MAT node. */
+function matmulGraph(buffer: bigint, base: bigint, k: number, m: number, tokens: number): Buffer {
+  const w = node2d({ id: 11n, buffer, data: base, ne0: k, ne1: m, name: 'blk.0.attn_q.weight' });
+  const x = node2d({ id: 12n, buffer, data: base + BigInt(4 * k * m), ne0: k, ne1: tokens, name: 'attn_norm-0' });
+  const out = node2d({ id: 13n, buffer, data: base + BigInt(4 * k * (m + tokens)), ne0: m, ne1: tokens, op: GGML_OP_MUL_MAT, src: [11n, 12n], name: 'Qcur-0' });
+  const head = Buffer.alloc(8 + 8 + 4);
+  head.writeUInt32LE(0, 0); // device
+  head.writeUInt32LE(1, 4); // n_nodes
+  head.writeBigUInt64LE(13n, 8);
+  head.writeUInt32LE(3, 16); // n_tensors
+  return msg(RPC_CMD.GRAPH_COMPUTE, Buffer.concat([head, w, x, out]));
+}
+const recompute = () => msg(RPC_CMD.GRAPH_RECOMPUTE, Buffer.alloc(4));
 
 /** A bare ggml-rpc client on a tunnel stream: send bytes, read exact reply lengths, see the cut. */
 function client(stream: Stream) {
@@ -85,6 +111,17 @@ describe('rpc meter, framing alone', () => {
     expect(() => g.fromHead(alloc(600 * MiB))).toThrow(/ALLOC_BUFFER of 600.0 MiB would bring contract c's buffers to 600.0 MiB, over its cap of 513.3 MiB/);
     expect(meter.refused).toBe(1);
   });
+
+  it('counts the token rows of each GRAPH_COMPUTE from its MUL_MAT shapes, and again on GRAPH_RECOMPUTE (finding 7)', () => {
+    const meter = new ContractMeter('c', limitsForLayers(1, MiB, 'test'));
+    const g = new RpcGuard(meter, { cache: true });
+    const wire = Buffer.concat([hello(), matmulGraph(1n, 4096n, 8, 6, 7), recompute(), matmulGraph(1n, 4096n, 8, 6, 1), recompute(), recompute()]);
+    let passed = 0;
+    for (let i = 0; i < wire.byteLength; i += 97) for (const b of g.fromHead(wire.subarray(i, i + 97))) passed += b.byteLength;
+    expect(passed).toBe(wire.byteLength); // read whole, passed on unchanged
+    expect(meter.rows).toBe(7 + 7 + 1 + 1 + 1);
+    expect(meter.graphs).toBe(5);
+  });
 });
 
 let build: BuildOutcome;
@@ -127,6 +164,23 @@ describe('rpc meter in front of a real rpc-server', () => {
     c.send(msg(RPC_CMD.SET_TENSOR, Buffer.concat([tensor(ptr, base, 1024), Buffer.from([0]), u64(0n), values])));
     c.send(msg(RPC_CMD.GET_TENSOR, Buffer.concat([tensor(ptr, base, 1024), u64(0n, 4096n)])));
     expect((await c.read(8 + 4096)).subarray(8).equals(values)).toBe(true);
+
+    // Finding 7: the worker counts the rows it computes itself. A real product of 5 token rows
+    // through a [8 → 6] weight runs on rpc-server (the result reads back) and counts 5, a
+    // recompute 5 more; nothing the head says about tokens enters the count.
+    const W = Buffer.alloc(4 * 8 * 6);
+    for (let i = 0; i < 48; i++) W.writeFloatLE(i % 7 === 0 ? 1 : 0, 4 * i);
+    const X = Buffer.alloc(4 * 8 * 5);
+    for (let i = 0; i < 40; i++) X.writeFloatLE(i, 4 * i);
+    c.send(msg(RPC_CMD.SET_TENSOR, Buffer.concat([node2d({ id: 11n, buffer: ptr, data: base, ne0: 8, ne1: 6 }), Buffer.from([0]), u64(0n), W])));
+    c.send(msg(RPC_CMD.SET_TENSOR, Buffer.concat([node2d({ id: 12n, buffer: ptr, data: base + 192n, ne0: 8, ne1: 5 }), Buffer.from([0]), u64(0n), X])));
+    c.send(matmulGraph(ptr, base, 8, 6, 5));
+    c.send(recompute());
+    c.send(msg(RPC_CMD.GET_TENSOR, Buffer.concat([node2d({ id: 13n, buffer: ptr, data: base + 352n, ne0: 6, ne1: 5 }), u64(0n, 120n)])));
+    const out = (await c.read(8 + 120)).subarray(8);
+    expect(out.readFloatLE(0)).toBe(0 + 7); // row 0 of W picks x[0] and x[7]
+    expect(slice.counted(contract.id)).toMatchObject({ rows: 10 });
+    expect(slice.status().meters[0]).toMatchObject({ rows: 10, graphs: 2 });
 
     // Finding 8: the rpc-server sits in a network namespace of its own; a local process dialling
     // its port (50052 inside) meets nothing, so it cannot skip the contract check and the meter.
