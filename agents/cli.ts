@@ -88,6 +88,12 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
     })
   }
   bot.onContract((_c, role) => { if (role === 'worker') serve() })
+  // The kill switch finishes what the engine has in flight: the paid API and the served slices stop
+  // before the agent leaves the mesh.
+  node.controls.onDrain(async () => {
+    await (await gateway)?.stop()
+    await (await serving)?.()
+  })
   // A worker restarted with contracts still in force serves them at once: its heads are rebuilding on them.
   if ((await bot.book.contracts({ worker: node.peerId.toString(), status: 'active' })).length > 0) serve()
   console.log(`ClawBot ${bot.name} is ${bot.state} (brain: ${bot.brain.label}${bot.resumedFrom !== undefined ? `, resumed from ${bot.resumedFrom}` : ''})`)
