@@ -18,7 +18,10 @@ import { migrateAgentTables } from './migrations.ts'
 import { systemPrompt, type AgentEvent } from './observation.ts'
 import { Perception } from './perception.ts'
 import { AGENT_NAME_META } from './transcript.ts'
-import { OwnerPolicy } from './policy.ts'
+import { PolicyGuard } from '../skills/market/policy-guard.ts'
+import { OwnerPolicy } from '../skills/market/owner-policy.ts'
+import { KILLED, runDrainers } from '../runtime/node/controls.ts'
+import { AgentControls } from './controls.ts'
 import { AgentRecords } from './records.ts'
 import { createBrain, publicLabel, type Brain } from './brains/providers.ts'
 import { OfflineNegotiator } from './brains/offline.ts'
@@ -90,6 +93,8 @@ export class ClawBot {
   readonly settings: AgentSettings
   readonly perception: Perception
   readonly lifecycle: LifecycleActor
+  /** The owner's policy: the board edits it, the guard and the observations read it. */
+  readonly owner: OwnerPolicy
   /** The state a crash interrupted, when this run resumed from a snapshot. */
   readonly resumedFrom?: string
   private readonly goals = new Map<string, Goal>()
@@ -108,18 +113,24 @@ export class ClawBot {
   private readonly reconciledAt = new Map<string, number>()
   private readonly reconciling = new Set<string>()
   private onPeerConnect: ((evt: CustomEvent<{ toString: () => string }>) => void) | undefined
+  /** The owner's pause (its reason) or kill switch: while set, the guard refuses every move. */
+  private haltedBy: string | undefined
+  private killedFlag = false
+  /** Why the next lifecycle transition happens, when the owner caused it (node.state's history shows it). */
+  private transitionReason: string | undefined
   graph!: AgentGraph
   brain!: Brain
   private checkpointer!: SqliteSaver
 
-  private constructor (readonly node: MeshNode, private readonly opts: ClawBotOptions, persisted: unknown) {
+  private constructor (readonly node: MeshNode, private readonly opts: ClawBotOptions, persisted: unknown, settings: AgentSettings, owner: OwnerPolicy) {
     this.log = node.log.child('agent')
-    this.settings = AgentSettingsSchema.parse({ ...node.config.agent, ...opts.settings })
+    this.settings = settings
+    this.owner = owner
     this.book = new NegotiationBook(node.store)
     this.records = new AgentRecords(node.store)
     if (node.bus === undefined) throw new Error('start the node before its agent')
     this.desk = new MarketDesk(node.bus, node.key, node.peerId.toString(), node.config.networkId, this.book, this.log.child('market'))
-    this.perception = new Perception(node, this.book, this.settings, this.goalModels, opts.freeMemory)
+    this.perception = new Perception(node, this.book, this.settings, owner, this.goalModels, opts.freeMemory)
     const { actor, resumedFrom } = startLifecycle(persisted)
     this.lifecycle = actor
     this.resumedFrom = resumedFrom
@@ -130,14 +141,16 @@ export class ClawBot {
     await migrateAgentTables(node.store)
     await node.store.setMeta(AGENT_NAME_META, node.config.name)
     const saved = await new AgentRecords(node.store).loadSnapshot()
-    const bot = new ClawBot(node, opts, saved?.snapshot)
+    const settings = AgentSettingsSchema.parse({ ...node.config.agent, ...opts.settings })
+    const owner = await OwnerPolicy.load(node, settings)
+    const bot = new ClawBot(node, opts, saved?.snapshot, settings, owner)
     await bot.boot()
     return bot
   }
 
   private async boot (): Promise<void> {
     this.lifecycle.subscribe((snap) => {
-      this.node.state = String(snap.value)
+      this.node.setState(String(snap.value), this.transitionReason)
       const persisted = this.lifecycle.getPersistedSnapshot()
       this.snapshotWrite = this.snapshotWrite.then(async () => await this.records.saveSnapshot(String(snap.value), persisted))
         .catch((err: unknown) => this.log.error('could not persist the lifecycle', { error: (err as Error).message }))
@@ -145,7 +158,7 @@ export class ClawBot {
     try {
       this.brain = this.opts.brain ?? await createBrain(this.settings.llm)
       this.checkpointer = SqliteSaver.fromConnString(join(this.node.home, THREADS_DB_FILE))
-      const policy = new OwnerPolicy({ me: this.perception.me, book: this.book, bounds: () => this.perception.bounds(), renewBeforeMs: this.settings.renewBeforeMs })
+      const policy = new PolicyGuard({ me: this.perception.me, book: this.book, bounds: () => this.perception.bounds(), renewBeforeMs: this.settings.renewBeforeMs, halted: () => this.haltedBy })
       this.desk.screenCalls(async (cfp) => await policy.screenCall(cfp))
       const tools = marketTools({
         desk: this.desk,
@@ -188,6 +201,8 @@ export class ClawBot {
       for (const c of this.node.host?.getConnections() ?? []) void this.reconcileWith(c.remotePeer.toString())
       await this.syncLifecycle()
       this.lifecycle.send({ type: 'JOINED' })
+      // From here the board's controls act on this agent (its lifecycle, its policy), not on the bare node.
+      this.node.controls = new AgentControls(this)
       this.ticker = setInterval(() => { this.ticked = this.tick() }, 250)
       this.log.info('agent up', { brain: this.brain.label, state: this.state, resumedFrom: this.resumedFrom })
     } catch (err) {
@@ -246,6 +261,59 @@ export class ClawBot {
 
   assembly (sha256: string): Assembly | undefined {
     return this.goals.get(sha256)?.assembled
+  }
+
+  // ---- the owner's controls (agents/controls.ts calls these) ----
+
+  /** Why the agent takes no new work (the owner paused it, or used the kill switch); undefined while it does. */
+  get halted (): string | undefined {
+    return this.haltedBy
+  }
+
+  get killed (): boolean {
+    return this.killedFlag
+  }
+
+  /** No new work until resume(): calls are not answered, no move passes the guard, a head calls for nothing. */
+  pause (reason: string): void {
+    if (this.killedFlag) return
+    this.haltedBy = `the owner paused this agent (${reason})`
+    this.ownerTransition({ type: 'PAUSE' }, reason)
+  }
+
+  resume (reason: string): void {
+    if (this.killedFlag || this.haltedBy === undefined) return
+    this.haltedBy = undefined
+    this.ownerTransition({ type: 'RESUME' }, reason)
+  }
+
+  /**
+   * The kill switch: no new move from now on; the turn at hand and the `drainers` (the engine's work in
+   * flight) finish, pipelines stop, and the agent leaves gossip. Final until the node restarts.
+   */
+  async kill (reason: string, drainers: Iterable<() => Promise<void>> = []): Promise<void> {
+    if (this.killedFlag) return
+    this.killedFlag = true
+    this.haltedBy = KILLED
+    this.ownerTransition({ type: 'DRAIN' }, reason)
+    await this.node.presence?.publishNow()
+    const failed = await runDrainers(drainers)
+    await this.shutdown()
+    this.ownerTransition({ type: 'DRAINED' }, failed.length > 0 ? `${reason}; drain failures: ${failed.join('; ')}` : reason)
+    await this.snapshotWrite
+    this.lifecycle.stop()
+    // The last heartbeat says 'stopped', so peers drop us from plans now rather than when it expires.
+    await this.node.presence?.publishNow()
+    this.node.leaveGossip()
+  }
+
+  private ownerTransition (event: { type: 'PAUSE' | 'RESUME' | 'DRAIN' | 'DRAINED' }, reason: string): void {
+    this.transitionReason = reason
+    try {
+      this.lifecycle.send(event)
+    } finally {
+      this.transitionReason = undefined
+    }
   }
 
   /** Waits until queued turns have run (tests, drain). */
@@ -320,6 +388,8 @@ export class ClawBot {
       // Recovery: the book and the threads are intact; rejoin and carry on with the next event.
       this.lifecycle.send({ type: 'RECOVER' })
       this.lifecycle.send({ type: 'JOINED' })
+      // Recovering does not undo the owner's pause.
+      if (this.haltedBy !== undefined && !this.killedFlag) this.ownerTransition({ type: 'PAUSE' }, this.haltedBy)
     }).finally(() => { this.pending-- })
   }
 
@@ -500,6 +570,8 @@ export class ClawBot {
       if (goal.assembled === undefined || move) await this.startPipeline(goal, cover)
     }
     if (lasting !== undefined) return
+    // A paused head keeps what it has running but buys nothing new.
+    if (this.haltedBy !== undefined) return
     const inPlay = (await this.book.negotiations({ role: 'head', model: sha, status: ['open', 'choosing'] })).length > 0
     if (inPlay || this.pending > 0) return
     // Workers learn of a model from our presence and then subscribe: a call made while nobody listens is

@@ -117,6 +117,11 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
     })
   }
   bot.onContract((_c, role) => { if (role === 'worker') serve() })
+  // The kill switch finishes what the engine has in flight: the paid API and the served slices stop
+  // before the agent leaves the mesh. Each stops once: the node's own stop after a kill comes again.
+  const stopGateway = once(async () => { await (await gateway)?.stop() })
+  const stopServing = once(async () => { await (await serving)?.() })
+  node.controls.onDrain(async () => { try { await stopGateway() } finally { await stopServing() } })
   // A worker restarted with contracts still in force serves them at once: its heads are rebuilding on them.
   if ((await bot.book.contracts({ worker: node.peerId.toString(), status: 'active' })).length > 0) serve()
   console.log(`ClawBot ${bot.name} is ${bot.state} (brain: ${bot.brain.label}${bot.resumedFrom !== undefined ? `, resumed from ${bot.resumedFrom}` : ''})`)
@@ -136,12 +141,18 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
     stop: async () => {
       const errors: unknown[] = []
       const step = async (f: () => unknown): Promise<void> => { try { await f() } catch (err) { errors.push(err) } }
-      await step(async () => { await (await gateway)?.stop() })
+      await step(stopGateway)
       for (const p of replayPipelines) await step(async () => { await p.stop() })
       await step(async () => { await bot.stop() })
       await step(async () => { await receipts.stop() })
-      await step(async () => { await (await serving)?.() })
+      await step(stopServing)
       if (errors.length > 0) throw new AggregateError(errors, `stopping the agent of ${node.config.name}: ${errors.map((e) => (e as Error).message).join('; ')}`)
     }
   }
+}
+
+/** `f` runs on the first call; later calls wait for that run. */
+function once (f: () => Promise<void>): () => Promise<void> {
+  let run: Promise<void> | undefined
+  return async () => { run ??= f(); await run }
 }

@@ -1,5 +1,9 @@
 import type { MeshNode } from '../runtime/node/node.ts'
-import { PendingEngineRunner, type PipelineRunner } from '../skills/assembly/pipeline.ts'
+import type { PipelineRunner } from '../skills/assembly/pipeline.ts'
+import { EnginePipelineRunner } from '../skills/engine/runner.ts'
+import { ChainPipelineRunner } from '../skills/engine/chain-runner.ts'
+import { ServeSlice } from '../skills/engine/serve-slice.ts'
+import { ensureLlamaBuild } from '../runtime/engine/build.ts'
 
 export interface EngineHookup {
   /** What a head calls once contracts cover a model. */
@@ -17,53 +21,26 @@ export interface ServingMeter {
 }
 
 /**
- * The engine's side of an agent when skills/engine provides it (EnginePipelineRunner for heads,
- * ServeSlice for workers), else the pending stand-in. This is the one place that looks for the
- * engine, so the agents layer builds and tests without it.
+ * The engine's side of an agent: EnginePipelineRunner for heads, ServeSlice for workers. (This used
+ * to look the engine up at run time, hidden from static analysis, for when skills/engine was not
+ * there yet; it always is now, and the layering check needs to see the import.)
  */
 export async function engineFor (node: MeshNode): Promise<EngineHookup> {
-  const mods = await engineModules()
-  if (mods === undefined) return { runner: new PendingEngineRunner(), real: false }
-  const { Runner, ChainRunner, Slice } = mods
   // The chain is the default (issue #14); config engine.mode 'star' keeps llama.cpp's RPC.
   const mode = node.config.engine?.mode ?? 'chain'
-  let serving: InstanceType<EngineModules['Slice']> | undefined
+  let serving: ServeSlice | undefined
   return {
-    runner: mode === 'star' ? new Runner(node) : new ChainRunner(node),
+    runner: mode === 'star' ? new EnginePipelineRunner(node) : new ChainPipelineRunner(node),
     real: true,
     meter: () => serving?.running,
     serve: async () => {
-      const slice = new Slice({ node })
+      const slice = new ServeSlice({ node })
       serving = slice
       const status = await slice.call({ action: 'start' })
       if (status.includes('failed')) throw new Error(status)
       return async () => { await slice.call({ action: 'stop' }) }
     }
   }
-}
-
-interface EngineModules {
-  Runner: new (node: MeshNode) => PipelineRunner
-  ChainRunner: new (node: MeshNode) => PipelineRunner
-  Slice: new (deps: { node: MeshNode }) => { call: (i: { action: 'start' | 'stop' }) => Promise<string>, running?: ServingMeter }
-}
-
-async function engineModules (): Promise<EngineModules | undefined> {
-  let runnerMod: { EnginePipelineRunner?: EngineModules['Runner'] }
-  let chainMod: { ChainPipelineRunner?: EngineModules['ChainRunner'] }
-  let sliceMod: { ServeSlice?: EngineModules['Slice'] }
-  try {
-    runnerMod = await import('../skills/engine/runner.ts' as string) as typeof runnerMod
-    chainMod = await import('../skills/engine/chain-runner.ts' as string) as typeof chainMod
-    sliceMod = await import('../skills/engine/serve-slice.ts' as string) as typeof sliceMod
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw err
-    return undefined
-  }
-  const Runner = runnerMod.EnginePipelineRunner
-  const ChainRunner = chainMod.ChainPipelineRunner
-  const Slice = sliceMod.ServeSlice
-  return Runner === undefined || ChainRunner === undefined || Slice === undefined ? undefined : { Runner, ChainRunner, Slice }
 }
 
 export interface EngineBuild {
@@ -78,12 +55,10 @@ export interface EngineBuild {
 }
 
 /**
- * Builds llama.cpp now when the engine is present and its build is missing, so that callers can time
- * (and tell the owner about) the one-time build apart from everything else. Undefined without the engine.
+ * Builds llama.cpp now when its build is missing, so that callers can time (and tell the owner about)
+ * the one-time build apart from everything else.
  */
 export async function ensureEngineBuilt (onProgress?: (line: string) => void): Promise<EngineBuild | undefined> {
-  if (await engineModules() === undefined) return undefined
-  const { ensureLlamaBuild } = await import('../runtime/engine/build.ts')
   const t0 = Date.now()
   const build = await ensureLlamaBuild(onProgress !== undefined ? { onProgress } : {})
   return {

@@ -23,20 +23,30 @@ export type LifecycleEvent =
   | { type: 'NEGOTIATION_CLOSED', cfpId: string }
   | { type: 'CONTRACTED' }
   | { type: 'CONTRACT_ENDED' }
+  | { type: 'PAUSE' }
+  | { type: 'RESUME' }
   | { type: 'DRAIN' }
   | { type: 'DRAINED' }
   | { type: 'FAIL', error: string }
   | { type: 'RECOVER' }
 
-export const LIFECYCLE_STATES = ['offline', 'booting', 'joining', 'idle', 'negotiating', 'serving', 'draining', 'stopped', 'error', 'recovering'] as const
+export const LIFECYCLE_STATES = ['offline', 'booting', 'joining', 'idle', 'negotiating', 'serving', 'paused', 'draining', 'stopped', 'error', 'recovering'] as const
 export type LifecycleState = typeof LIFECYCLE_STATES[number]
 
 const busy = {
   NEGOTIATION_OPENED: { target: '#clawbot.negotiating', actions: 'addNegotiation' },
   CONTRACTED: { actions: 'addContract' },
+  PAUSE: '#clawbot.paused',
   DRAIN: '#clawbot.draining',
   FAIL: { target: '#clawbot.error', actions: 'recordError' }
 } as const
+
+/** Where an agent goes once it is free to work again (joined, recovered, resumed): what its context says it is in. */
+const back = [
+  { target: '#clawbot.negotiating', guard: 'hasNegotiations' },
+  { target: '#clawbot.serving', guard: 'hasContracts' },
+  { target: '#clawbot.idle' }
+] as const
 
 export const lifecycleMachine = setup({
   types: {
@@ -68,11 +78,7 @@ export const lifecycleMachine = setup({
     booting: { on: { BOOTED: 'joining', FAIL: { target: 'error', actions: 'recordError' } } },
     joining: {
       on: {
-        JOINED: [
-          { target: 'negotiating', guard: 'hasNegotiations' },
-          { target: 'serving', guard: 'hasContracts' },
-          { target: 'idle' }
-        ],
+        JOINED: back,
         NEGOTIATION_OPENED: { actions: 'addNegotiation' },
         NEGOTIATION_CLOSED: { actions: 'removeNegotiation' },
         FAIL: { target: 'error', actions: 'recordError' }
@@ -96,16 +102,25 @@ export const lifecycleMachine = setup({
       },
       always: { target: 'idle', guard: ({ context }) => context.contracts === 0 && context.negotiations.length === 0 }
     },
+    // The owner paused the agent (board): it takes no new work, and market events only update what it
+    // is in the middle of, so that nothing but RESUME (or the kill switch) takes it out of here.
+    paused: {
+      on: {
+        RESUME: back,
+        NEGOTIATION_OPENED: { actions: 'addNegotiation' },
+        NEGOTIATION_CLOSED: { actions: 'removeNegotiation' },
+        CONTRACTED: { actions: 'addContract' },
+        CONTRACT_ENDED: { actions: 'endContract' },
+        DRAIN: 'draining',
+        FAIL: { target: 'error', actions: 'recordError' }
+      }
+    },
     draining: { on: { DRAINED: 'stopped', NEGOTIATION_CLOSED: { actions: 'removeNegotiation' }, CONTRACT_ENDED: { actions: 'endContract' } } },
     stopped: { on: { BOOT: 'booting' } },
     error: { on: { RECOVER: { target: 'recovering', actions: 'countFailure' }, DRAIN: 'draining' } },
     recovering: {
       on: {
-        JOINED: [
-          { target: 'negotiating', guard: 'hasNegotiations' },
-          { target: 'serving', guard: 'hasContracts' },
-          { target: 'idle' }
-        ],
+        JOINED: back,
         FAIL: { target: 'error', actions: 'recordError' },
         DRAIN: 'draining'
       }

@@ -2,7 +2,7 @@ import { HumanMessage } from '@langchain/core/messages'
 import { randomUUID } from 'node:crypto'
 import type { Cfp, LayerRange, ModelRef, Terms } from '../protocols/index.ts'
 import type { Role, ThreadStatus } from '../skills/market/book.ts'
-import type { Bounds } from './policy.ts'
+import type { Bounds } from '../skills/market/owner-policy.ts'
 import { peerName, peerText } from '../protocols/peer-text.ts'
 
 /** Why the agent deliberates now. */

@@ -4,7 +4,7 @@ import type { MeshNode } from '../runtime/node/node.ts'
 import type { AgentSettings } from '../runtime/config.ts'
 import type { NegotiationBook } from '../skills/market/book.ts'
 import { headCommitments } from '../skills/market/holdings.ts'
-import { boundsFrom, type Bounds } from './policy.ts'
+import type { Bounds, OwnerPolicy } from '../skills/market/owner-policy.ts'
 import { peerName } from '../protocols/peer-text.ts'
 import { observationMessage, type AgentEvent, type Observation, type ThreadView } from './observation.ts'
 import type { HumanMessage } from '@langchain/core/messages'
@@ -18,6 +18,8 @@ export class Perception {
     private readonly node: MeshNode,
     private readonly book: NegotiationBook,
     private readonly settings: AgentSettings,
+    /** The owner's policy, read afresh for every decision: a bound changed on the board shows at once. */
+    private readonly owner: Pick<OwnerPolicy, 'on'>,
     private readonly goals: ReadonlyMap<string, ModelRef>,
     /** Lets tests and the demo pretend to have a given amount of free memory. */
     private readonly freeMemory: () => number = freemem
@@ -28,7 +30,7 @@ export class Perception {
   }
 
   bounds (): Bounds {
-    return boundsFrom(this.settings, this.node.config.priceFloor, { freeMemory: this.freeMemory() })
+    return this.owner.on({ freeMemory: this.freeMemory() })
   }
 
   nameOf (peerId: string): string {

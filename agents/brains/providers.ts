@@ -1,6 +1,8 @@
 import type { BaseChatModel } from '@langchain/core/language_models/chat_models'
 import type { AgentSettings } from '../../runtime/config.ts'
 import { OfflineNegotiator } from './offline.ts'
+// Cheap to import: llama-cpp.ts loads node-llama-cpp (the native part) only when it first runs.
+import { LlamaCppChatModel } from './llama-cpp.ts'
 
 export interface Brain {
   model: BaseChatModel
@@ -45,7 +47,6 @@ export async function createBrain (llm: AgentSettings['llm'], env: NodeJS.Proces
     }
     case 'llama-cpp': {
       if (llm.model === undefined) throw new Error('the llama-cpp provider needs agent.llm.model: the path of a GGUF file')
-      const { LlamaCppChatModel } = await import('./llama-cpp.ts')
       return { model: new LlamaCppChatModel({ modelPath: llm.model, temperature: llm.temperature }), label: `llama-cpp:${llm.model}` }
     }
   }

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url'
 import type { AddressInfo } from 'node:net'
 import type { Registry } from 'prom-client'
 import type { MeshNode } from '../node/node.ts'
-import { ControlRefused, PolicyPatchSchema } from '../node/controls.ts'
+import { ControlRefused } from '../node/controls.ts'
 import { ChangeFeed } from './changes.ts'
 import { HttpError, readJsonBody, sendError, sendJson, sendText } from './http.ts'
 import { createMetrics } from './metrics.ts'
@@ -87,11 +87,8 @@ export async function startBoard (node: MeshNode, opts: BoardOptions = {}): Prom
     '/api/control/pause': control(async (body) => { await node.controls.pause(reason(body)) }),
     '/api/control/resume': control(async () => { await node.controls.resume() }),
     '/api/control/kill': control(async (body) => { await node.controls.kill(reason(body)) }),
-    '/api/control/policy': control(async (body) => {
-      const patch = PolicyPatchSchema.safeParse(body)
-      if (!patch.success) throw new RangeError(`invalid policy bounds: ${patch.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`)
-      return await node.controls.setPolicy(patch.data)
-    })
+    // The policy validates the patch itself (RangeError → 400): one schema, in skills/market.
+    '/api/control/policy': control(async (body) => await node.controls.setPolicy(body))
   }
 
   const server: Server = createServer((req, res) => {

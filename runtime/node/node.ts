@@ -21,7 +21,7 @@ import { PresenceService } from './presence.ts'
 import { probeHardware } from './hardware.ts'
 import { clearStatus, readLiveStatus, writeStatus, type NodeStatus } from './status-file.ts'
 import { ActivityLog } from './activity.ts'
-import { DefaultControls, loadPolicy, type OwnerControls, type StateChange } from './controls.ts'
+import { DefaultControls, type OwnerControls, type StateChange } from './controls.ts'
 import { ServingMeter } from './serving.ts'
 import { TrafficCounter } from './traffic.ts'
 import { PipelineStates } from './pipelines.ts'
@@ -47,7 +47,10 @@ export class MeshNode {
   presence: PresenceService | undefined
   /** What the agent did and why; any layer records here, the board shows it. */
   readonly activity: ActivityLog
-  /** The owner's controls (board): DefaultControls until the agents layer registers its own. */
+  /**
+   * The owner's controls (board): DefaultControls until a higher layer installs its own (the owner's
+   * policy, skills/market; the agent's lifecycle, agents/controls.ts).
+   */
   controls: OwnerControls
   /** Tokens served per model, recorded by the engine. */
   readonly serving = new ServingMeter()
@@ -76,11 +79,10 @@ export class MeshNode {
     readonly store: Store,
     readonly log: Logger,
     private readonly hostExtras: HostExtras = {},
-    activity: ActivityLog,
-    policy: Awaited<ReturnType<typeof loadPolicy>>
+    activity: ActivityLog
   ) {
     this.activity = activity
-    this.controls = new DefaultControls(this, policy)
+    this.controls = new DefaultControls(this)
   }
 
   static async open (opts: OpenNodeOptions): Promise<MeshNode> {
@@ -93,10 +95,7 @@ export class MeshNode {
     const store = await Store.open(join(opts.home, DATABASE_FILE))
     await store.setMeta('peer_id', peerId.toString())
     const activity = await ActivityLog.open(store.db)
-    // Bounds the owner set on the board outlive restarts and win over the config file's floor.
-    const policy = await loadPolicy(store.db, { priceFloor: config.priceFloor, memoryShare: 1, hours: null })
-    config.priceFloor = policy.priceFloor
-    return new MeshNode(opts.home, config, key, peerId, store, log, opts.host, activity, policy)
+    return new MeshNode(opts.home, config, key, peerId, store, log, opts.host, activity)
   }
 
   /** What the node is doing; the agent's lifecycle sets it (setState records why). */

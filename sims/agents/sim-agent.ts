@@ -8,7 +8,8 @@ import type { MeshNode } from '../../runtime/node/node.ts'
 import { createLogger } from '../../runtime/log.ts'
 import { MarketDesk, type MarketEvent } from '../../skills/market/desk.ts'
 import { marketTools, threadFor, type ActionRecord } from '../../skills/market/tools.ts'
-import { OwnerPolicy, type Bounds } from '../../agents/policy.ts'
+import { PolicyGuard } from '../../skills/market/policy-guard.ts'
+import { OwnerPolicy, ownerBoundsFrom, type Bounds } from '../../skills/market/owner-policy.ts'
 import { Perception } from '../../agents/perception.ts'
 import { decide, type Move } from '../../agents/brains/strategy.ts'
 import type { AgentEvent, Observation } from '../../agents/observation.ts'
@@ -57,7 +58,7 @@ export interface SimAgentOptions {
 /**
  * One ClawBot, run without its LangGraph graph: the same Perception builds the observation, the
  * offline negotiator's strategy (`decide`) picks the moves, the same market tools check each move
- * against the same OwnerPolicy and make it on the same MarketDesk and NegotiationBook (in memory).
+ * against the same PolicyGuard and make it on the same MarketDesk and NegotiationBook (in memory).
  * The housekeeping (settle, expire, review coverage) follows agents/clawbot.ts step by step.
  * Time is the simulated clock's: turns are events, the desk's deadline timer is a sim event.
  */
@@ -65,7 +66,7 @@ export class SimAgent {
   readonly book = new MemoryBook()
   readonly desk: MarketDesk
   readonly perception: Perception
-  readonly policy: OwnerPolicy
+  readonly policy: PolicyGuard
   readonly settings: AgentSettings
   readonly tools = new Map<string, StructuredToolInterface>()
   online = true
@@ -99,8 +100,8 @@ export class SimAgent {
         }
       }
     } as unknown as MeshNode
-    this.perception = new Perception(node, this.book, this.settings, this.goalModels, () => this.freeBytes)
-    this.policy = new OwnerPolicy({ me: o.peerId, book: this.book, bounds: () => this.perception.bounds(), isIdle: () => true })
+    this.perception = new Perception(node, this.book, this.settings, OwnerPolicy.inMemory(ownerBoundsFrom(this.settings, o.floor)), this.goalModels, () => this.freeBytes)
+    this.policy = new PolicyGuard({ me: o.peerId, book: this.book, bounds: () => this.perception.bounds(), isIdle: () => true })
     for (const t of marketTools({
       desk: this.desk,
       guard: this.policy,

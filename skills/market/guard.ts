@@ -3,8 +3,8 @@ import type { Role, Thread } from './book.ts'
 
 /**
  * A move the agent's LLM wants to make, as the owner's policy sees it. Tools build one of these from
- * the tool call and ask the guard before touching the market; the guard lives in the agent (it knows
- * the owner's settings and the machine), the tools only know that every move must pass it.
+ * the tool call and ask the guard before touching the market; the guard (policy-guard.ts) reads the
+ * owner's policy (owner-policy.ts) and the machine, the tools only know that every move must pass it.
  */
 export type MarketAction =
   | { type: 'publish_cfp', model: ModelRef, want: { start: number, end: number }, budget: number }

@@ -2,7 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { join } from 'node:path'
 import { Store } from '../../runtime/store/store.ts'
 import { migrateAgentTables } from '../../agents/migrations.ts'
-import { OwnerPolicy, withinHours, type Bounds } from '../../agents/policy.ts'
+import { PolicyGuard } from '../../skills/market/policy-guard.ts'
+import { withinHours, type Bounds } from '../../skills/market/owner-policy.ts'
 import { NegotiationBook } from '../../skills/market/book.ts'
 import type { Cfp, Terms } from '../../protocols/index.ts'
 import { tempDir } from '../helpers/mesh.ts'
@@ -21,7 +22,7 @@ describe('owner policy', () => {
   let store: Store
   let book: NegotiationBook
   let bounds: Bounds
-  let policy: OwnerPolicy
+  let policy: PolicyGuard
   let idle = true
 
   beforeAll(async () => {
@@ -29,8 +30,8 @@ describe('owner policy', () => {
     store = await Store.open(join(tmp.path, 'db.sqlite'))
     await migrateAgentTables(store)
     book = new NegotiationBook(store)
-    bounds = { floor: 2, ceiling: 5, budget: 40, maxDeals: 2, lendableBytes: 50 * MB, idleOnly: false }
-    policy = new OwnerPolicy({ me: ME, book, bounds: () => bounds, isIdle: () => idle })
+    bounds = { floor: 2, ceiling: 5, budget: 40, maxDeals: 2, lendableBytes: 50 * MB, idleOnly: false, hours: null }
+    policy = new PolicyGuard({ me: ME, book, bounds: () => bounds, isIdle: () => idle })
   })
   afterAll(async () => {
     await store.close()
@@ -62,7 +63,7 @@ describe('owner policy', () => {
     const now = new Date()
     const later = `${String((now.getHours() + 2) % 24).padStart(2, '0')}:00`
     const after = `${String((now.getHours() + 3) % 24).padStart(2, '0')}:00`
-    bounds = { ...saved, hours: { from: later, to: after } }
+    bounds = { ...saved, hours: { start: later, end: after } }
     expect(await policy.screenCall(cfp('s-call-4'))).toMatchObject({ ok: false, reason: expect.stringMatching(/only between/) })
     bounds = saved
   })
@@ -74,9 +75,9 @@ describe('owner policy', () => {
   })
 
   it('works only in the owner\'s hours and, when asked, only while idle', async () => {
-    expect(withinHours({ from: '22:00', to: '07:00' }, new Date(2026, 0, 1, 23, 30))).toBe(true)
-    expect(withinHours({ from: '22:00', to: '07:00' }, new Date(2026, 0, 1, 12, 0))).toBe(false)
-    expect(withinHours({ from: '09:00', to: '17:00' }, new Date(2026, 0, 1, 12, 0))).toBe(true)
+    expect(withinHours({ start: '22:00', end: '07:00' }, new Date(2026, 0, 1, 23, 30))).toBe(true)
+    expect(withinHours({ start: '22:00', end: '07:00' }, new Date(2026, 0, 1, 12, 0))).toBe(false)
+    expect(withinHours({ start: '09:00', end: '17:00' }, new Date(2026, 0, 1, 12, 0))).toBe(true)
     const saved = bounds
     bounds = { ...saved, maxDeals: 10, idleOnly: true }
     idle = false

@@ -7,6 +7,8 @@ import parsePrometheusTextFormat from 'parse-prometheus-text-format'
 import type { MeshNode } from '../../runtime/node/node.ts'
 import { startLocalMesh, fullyPresent, stopAll, waitFor } from '../../runtime/node/local-mesh.ts'
 import { startBoard, type BoardHandle } from '../../runtime/board/index.ts'
+import { AgentSettingsSchema } from '../../runtime/config.ts'
+import { installOwnerPolicy } from '../../skills/market/owner-policy.ts'
 import { tempDir } from '../helpers/mesh.ts'
 import { launchChromium } from '../helpers/browser.ts'
 import { KINDS, MODEL_SHA, THREAD, negotiate, recordDecisions, storeContracts, storeLedger, subscribeAll } from './fixtures.ts'
@@ -39,6 +41,8 @@ describe('the board, in headless Chromium, on a 3-node mesh', () => {
     await storeContracts(head, birch, cedar)
     await storeLedger(head, birch, cedar)
     await recordDecisions(head)
+    // The owner's policy lives in skills/market; with no agent on this node, install it bare.
+    await installOwnerPolicy(head, AgentSettingsSchema.parse({}))
     board = await startBoard(head, { port: 0 })
     const launched = await launching
     browser = launched.browser

@@ -1,7 +1,9 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { join } from 'node:path'
-import { withinHours, ControlRefused } from '../../runtime/node/controls.ts'
+import { ControlRefused } from '../../runtime/node/controls.ts'
 import type { MeshNode } from '../../runtime/node/node.ts'
+import { AgentSettingsSchema } from '../../runtime/config.ts'
+import { installOwnerPolicy, withinHours } from '../../skills/market/owner-policy.ts'
 import { openNode, tempDir } from '../helpers/mesh.ts'
 
 describe('owner controls without an agent (DefaultControls)', () => {
@@ -29,16 +31,22 @@ describe('owner controls without an agent (DefaultControls)', () => {
   it('policy bounds are validated, outlive a restart, and win over the config file\'s floor', async () => {
     const { open } = await fresh()
     let node = await open()
-    expect(node.controls.policy()).toEqual({ priceFloor: 2, memoryShare: 1, hours: null })
+    // No policy installed (no agent yet): the board shows the config's floor and refuses edits.
+    await expect(node.controls.setPolicy({ priceFloor: 3 })).rejects.toBeInstanceOf(ControlRefused)
+    const settings = AgentSettingsSchema.parse({})
+    await installOwnerPolicy(node, settings)
+    expect(node.controls.policy()).toMatchObject({ priceFloor: 2, memoryShare: 0.5, hours: null })
     await expect(node.controls.setPolicy({ memoryShare: 0 })).rejects.toThrow(/memoryShare/)
     await expect(node.controls.setPolicy({ hours: { start: '25:00', end: '07:00' } })).rejects.toThrow(/hours/)
-    expect(node.controls.policy().memoryShare).toBe(1)
+    await expect(node.controls.setPolicy({ ceiling: 1 })).rejects.toThrow(RangeError)
+    expect(node.controls.policy().memoryShare).toBe(0.5)
     await node.controls.setPolicy({ priceFloor: 7.5, hours: { start: '22:00', end: '07:00' } })
     expect(node.config.priceFloor).toBe(7.5)
     expect((await node.activity.list({ kind: 'control' }))[0].summary).toMatch(/policy bounds changed/)
     await node.stop()
     node = await open()
-    expect(node.controls.policy()).toEqual({ priceFloor: 7.5, memoryShare: 1, hours: { start: '22:00', end: '07:00' } })
+    await installOwnerPolicy(node, settings)
+    expect(node.controls.policy()).toMatchObject({ priceFloor: 7.5, memoryShare: 0.5, hours: { start: '22:00', end: '07:00' } })
     expect(node.config.priceFloor).toBe(7.5)
     expect((await node.describe()).priceFloor).toBe(7.5)
     await node.stop()

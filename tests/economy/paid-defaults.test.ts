@@ -10,7 +10,7 @@ import parsePrometheusTextFormat from 'parse-prometheus-text-format'
 import { AgentSettingsSchema, ConfigSchema, DEFAULT_PRICE_FLOOR, loadConfig } from '../../runtime/config.ts'
 import { receiptAmount } from '../../protocols/receipts.ts'
 import { chargeFor } from '../../runtime/gateway/pricing.ts'
-import { boundsFrom } from '../../agents/policy.ts'
+import { boundsOn, ownerBoundsFrom } from '../../skills/market/owner-policy.ts'
 import type { LlamaBuild } from '../../runtime/engine/build.ts'
 import type { Gateway } from '../../runtime/gateway/server.ts'
 import { startPaidApi } from '../../runtime/gateway/serve.ts'
@@ -43,7 +43,7 @@ describe('default prices', () => {
 
   it('let a head with default bounds buy every layer of a model from workers at their default floor', () => {
     const floor = ConfigSchema.parse({}).priceFloor
-    const bounds = boundsFrom(AgentSettingsSchema.parse({}), floor, { freeMemory: 64 * 2 ** 30 })
+    const bounds = boundsOn(ownerBoundsFrom(AgentSettingsSchema.parse({}), floor), { freeMemory: 64 * 2 ** 30 })
     expect(bounds.floor).toBe(floor)
     expect(bounds.ceiling).toBeGreaterThanOrEqual(floor)
     // The offline negotiator's call for n of N layers may spend min(ceiling × n, budget × n / N).

@@ -11,7 +11,7 @@ import { MemorySaver } from '@langchain/langgraph'
 import { Store } from '../../runtime/store/store.ts'
 import { createLogger } from '../../runtime/log.ts'
 import { migrateAgentTables } from '../../agents/migrations.ts'
-import { OwnerPolicy } from '../../agents/policy.ts'
+import { PolicyGuard } from '../../skills/market/policy-guard.ts'
 import { buildAgentGraph } from '../../agents/graph.ts'
 import { NegotiationBook } from '../../skills/market/book.ts'
 import { MarketDesk } from '../../skills/market/desk.ts'
@@ -54,7 +54,7 @@ describe('market tools', () => {
     await net.settle()
 
     const actions: ActionRecord[] = []
-    const policy = new OwnerPolicy({ me: head.me, book: head.book, bounds: () => ({ floor: 0, ceiling: 50, budget: 100, maxDeals: 10, lendableBytes: 0, idleOnly: false }) })
+    const policy = new PolicyGuard({ me: head.me, book: head.book, bounds: () => ({ floor: 0, ceiling: 50, budget: 100, maxDeals: 10, lendableBytes: 0, idleOnly: false, hours: null }) })
     const tools = marketTools({
       desk: head, guard: policy, offerTtlMs: 60_000, cfpWindowMs: 1000, serveForMs: 600_000, maxRounds: 2,
       modelFor: () => MODEL, nameOf: (id) => id, record: (a) => actions.push(a)

@@ -1,51 +1,9 @@
 import { loadavg, cpus } from 'node:os'
-import { dealCost, overlapsAny, type Cfp, type LayerRange, type Terms } from '../protocols/index.ts'
-import type { AgentSettings } from '../runtime/config.ts'
-import { headCommitments } from '../skills/market/holdings.ts'
-import type { NegotiationBook } from '../skills/market/book.ts'
-import type { MarketAction, MarketGuard, Verdict } from '../skills/market/guard.ts'
-
-/** The owner's bounds after defaults: what code enforces whatever the LLM says. */
-export interface Bounds {
-  floor: number
-  ceiling: number
-  budget: number
-  maxDeals: number
-  /** Bytes this agent may lend in total (share of free memory, capped by maxMemoryBytes). */
-  lendableBytes: number
-  idleOnly: boolean
-  hours?: { from: string, to: string }
-}
-
-export interface MachineView {
-  freeMemory: number
-  /** Free GPU memory when a GPU backend serves the layers; undefined on CPU. */
-  freeGpu?: number
-}
-
-export function boundsFrom (settings: AgentSettings, priceFloor: number, machine: MachineView): Bounds {
-  const memShare = Math.floor(machine.freeMemory * settings.maxMemoryShare)
-  const gpuShare = machine.freeGpu === undefined ? Infinity : Math.floor(machine.freeGpu * settings.maxGpuShare)
-  return {
-    floor: settings.floor ?? priceFloor,
-    ceiling: settings.ceiling,
-    budget: settings.budget,
-    maxDeals: settings.maxDeals,
-    lendableBytes: Math.min(memShare, gpuShare, settings.maxMemoryBytes ?? Infinity),
-    idleOnly: settings.idleOnly,
-    hours: settings.hours
-  }
-}
-
-/** Is `now` inside the owner's hours? A window may wrap midnight (22:00-07:00). */
-export function withinHours (hours: { from: string, to: string } | undefined, now: Date): boolean {
-  if (hours === undefined) return true
-  const minutes = (hm: string): number => Number(hm.slice(0, 2)) * 60 + Number(hm.slice(3, 5))
-  const t = now.getHours() * 60 + now.getMinutes()
-  const from = minutes(hours.from)
-  const to = minutes(hours.to)
-  return from <= to ? t >= from && t < to : t >= from || t < to
-}
+import { dealCost, overlapsAny, type Cfp, type LayerRange, type Terms } from '../../protocols/index.ts'
+import { headCommitments } from './holdings.ts'
+import type { NegotiationBook } from './book.ts'
+import type { MarketAction, MarketGuard, Verdict } from './guard.ts'
+import { withinHours, type Bounds } from './owner-policy.ts'
 
 export function machineIsIdle (): boolean {
   return loadavg()[0] / Math.max(1, cpus().length) < 0.5
@@ -59,17 +17,22 @@ export interface PolicyDeps {
   isIdle?: () => boolean
   /** A head's contracts this close to their end are being renewed: buying their layers again is allowed (see dueForRenewal). */
   renewBeforeMs?: number
+  /** Why the owner has stopped all new work (paused, kill switch), or undefined while work is allowed. */
+  halted?: () => string | undefined
 }
 
 /**
- * The owner's policy, outside the LLM: every market move is checked here before it is made, and a
- * refusal carries the reason (fed back to the LLM). It reads only binding terms and our own records,
- * never what a peer wrote, so no text can argue it out of a bound.
+ * The owner's policy (owner-policy.ts) enforced outside the LLM: every market move is checked here
+ * before it is made, and a refusal carries the reason (fed back to the LLM). It reads only binding
+ * terms, our own records and the owner's current bounds, never what a peer wrote, so no text can argue
+ * it out of a bound. While the owner has paused the agent (or used the kill switch) every move is refused.
  */
-export class OwnerPolicy implements MarketGuard {
+export class PolicyGuard implements MarketGuard {
   constructor (private readonly deps: PolicyDeps) {}
 
   async check (a: MarketAction): Promise<Verdict> {
+    const halted = this.deps.halted?.()
+    if (halted !== undefined) return no(halted)
     const b = this.deps.bounds()
     switch (a.type) {
       case 'publish_cfp':
@@ -96,6 +59,8 @@ export class OwnerPolicy implements MarketGuard {
    * Calls that fail are dropped before they cost an LLM turn.
    */
   async screenCall (cfp: Cfp): Promise<Verdict> {
+    const halted = this.deps.halted?.()
+    if (halted !== undefined) return no(halted)
     const b = this.deps.bounds()
     if (b.floor > cfp.budget) return no(`the call's budget of ${cfp.budget} is below our floor of ${b.floor} for a single layer`)
     const now = this.deps.now?.() ?? Date.now()
@@ -111,7 +76,7 @@ export class OwnerPolicy implements MarketGuard {
     // When signing, this call's own acceptance is already among the commitments: do not count it twice.
     const excludeCfp = signing ? cfp.cfpId : undefined
     const now = this.deps.now?.() ?? Date.now()
-    if (!withinHours(b.hours, new Date(now))) return no(`the owner allows work only between ${b.hours?.from} and ${b.hours?.to}`)
+    if (!withinHours(b.hours, new Date(now))) return no(`the owner allows work only between ${b.hours?.start} and ${b.hours?.end}`)
     if (b.idleOnly && !(this.deps.isIdle ?? machineIsIdle)()) return no('the owner allows work only while this machine is idle, and it is busy')
     if (t.price < b.floor) return no(`price ${t.price} is below the floor of ${b.floor}`)
     if (t.start < want.start || t.end > want.end) return no(`layers [${t.start}, ${t.end}) are outside the called range [${want.start}, ${want.end})`)
