@@ -1,8 +1,10 @@
 // Pre-builds llama.cpp (e.g. in CI: `npx tsx runtime/engine/build-cli.ts`) and prints the binary paths.
 import { ensureLlamaBuild } from './build.js';
+import { ensureStageBinary } from './stage-build.js';
 
 try {
   const b = await ensureLlamaBuild();
+  const stage = await ensureStageBinary();
   process.stdout.write(
     [
       `version      ${b.version}`,
@@ -11,6 +13,7 @@ try {
       `rpcServer    ${b.rpcServer}`,
       `llamaServer  ${b.llamaServer}`,
       `completion   ${b.completion}`,
+      `stage        ${stage}`,
     ].join('\n') + '\n',
   );
 } catch (err) {
