@@ -91,13 +91,12 @@ export async function cmdAgentsDemo (opts: { nodes: number, layers: number, prom
     console.log(`Total: ${Math.round(cost * 100) / 100} credits per million tokens (budget ${Math.round(model.nLayer * 1.35 * 100) / 100}).\n`)
 
     if (assembly.pipeline !== undefined) {
-      console.log(`Prompt through the pipeline (${assembly.contracts.length} workers, layer-split llama.cpp over libp2p): ${opts.prompt}`)
+      console.log(`Prompt through the pipeline (${assembly.contracts.length} workers, ${(nodes[0].config.engine?.mode ?? 'chain') === 'star' ? 'a star of llama.cpp RPC workers' : 'a chain of layer stages'} over libp2p): ${opts.prompt}`)
       const t1 = Date.now()
       const answer = await assembly.pipeline.complete(opts.prompt, { maxTokens: 24 })
       console.log(`Answer (${Date.now() - t1} ms; a seeded-random test model, so the words are noise): ${JSON.stringify(answer)}`)
     } else {
       console.log(`Pipeline: ${real ? 'failed to start' : 'PENDING THE ENGINE'}: ${assembly.pipelineError ?? 'not started'}.`)
-      console.log('The negotiation, the transcript and the contracts above are real; running the model over them is the engine\'s part (runtime/engine), not wired in yet.')
     }
   } finally {
     for (const b of bots) await b.stop().catch(() => {})
