@@ -49,7 +49,10 @@ export class ChainBroken extends Error {
 export class FrameLink {
   sent = 0;
   received = 0;
-  private buf = Buffer.alloc(0);
+  /** Also counted here (a stage's per-contract totals, across the links of every session). */
+  tally: { sent: number; received: number } | undefined;
+  private chunks: Buffer[] = [];
+  private buffered = 0;
   private readonly line: DelayLine;
   private closedWith: Error | undefined | null = null; // null: open
 
@@ -60,14 +63,23 @@ export class FrameLink {
     stream.addEventListener('message', (evt) => {
       const chunk = evt.data instanceof Uint8Array ? evt.data : evt.data.subarray();
       this.received += chunk.byteLength;
-      this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : Buffer.from(chunk);
-      while (this.buf.length >= 5) {
-        const len = this.buf.readUInt32BE(0);
+      if (this.tally) this.tally.received += chunk.byteLength;
+      // Chunks are joined once a whole frame is there, not on every chunk (a step of 8 rows of a
+      // 4096-wide model arrives in several).
+      this.chunks.push(Buffer.from(chunk)); // a copy: the transport's buffer is not ours to keep
+      this.buffered += chunk.byteLength;
+      while (this.buffered >= 5) {
+        if (this.chunks[0].length < 5) this.chunks = [Buffer.concat(this.chunks)];
+        const len = this.chunks[0].readUInt32BE(0);
         if (len < 1 || len > MAX_FRAME) { this.abort(new Error(`${label}: frame of ${len} bytes is outside 1..${MAX_FRAME}`)); return; }
-        if (this.buf.length < 4 + len) break;
-        const type = this.buf[4];
-        const payload = this.buf.subarray(5, 4 + len);
-        this.buf = this.buf.subarray(4 + len);
+        if (this.buffered < 4 + len) break;
+        if (this.chunks[0].length < 4 + len) this.chunks = [Buffer.concat(this.chunks)];
+        const head = this.chunks[0];
+        const type = head[4];
+        const payload = head.subarray(5, 4 + len);
+        if (head.length === 4 + len) this.chunks.shift();
+        else this.chunks[0] = head.subarray(4 + len);
+        this.buffered -= 4 + len;
         handlers.frame(type, payload);
       }
     });
@@ -90,6 +102,7 @@ export class FrameLink {
     let o = 5;
     for (const p of parts) { out.set(p, o); o += p.byteLength; }
     this.sent += out.length;
+    if (this.tally) this.tally.sent += out.length;
     this.line.push(out);
   }
 
@@ -172,6 +185,7 @@ export class StageServer {
   readonly refusals: Array<{ at: number; peer: string; reason: string }> = [];
   private readonly procs = new Map<string, Promise<StageProcess>>();
   private readonly meters = new Map<string, StageMeter>();
+  private readonly tallies = new Map<string, { contract: string; in: { sent: number; received: number }; out: { sent: number; received: number } }>();
   private readonly book: ContractBook;
   private stopped = false;
 
@@ -188,6 +202,15 @@ export class StageServer {
 
   meter(): StageMeter[] {
     return [...this.meters.values()].map((m) => ({ ...m }));
+  }
+
+  /**
+   * Bytes per contract over every session so far: `received` is what came in from the hop before
+   * (hidden states and control frames), `sent` what this stage sent on to the next hop (or the head).
+   * Frame bytes, without libp2p's own framing (yamux, noise).
+   */
+  traffic(): Array<{ contract: string; received: number; sent: number }> {
+    return [...this.tallies.values()].map((t) => ({ contract: t.contract, received: t.in.received, sent: t.out.sent }));
   }
 
   /** The stage process serving a contract (tests kill it to play a crash). */
@@ -285,6 +308,9 @@ export class StageServer {
     }
     meter = this.meters.get(hop.contract) ?? { contract: hop.contract, head: t.head, tokens: 0, steps: 0 };
     this.meters.set(hop.contract, meter);
+    const tally = this.tallies.get(hop.contract) ?? { contract: hop.contract, in: { sent: 0, received: 0 }, out: { sent: 0, received: 0 } };
+    this.tallies.set(hop.contract, tally);
+    up.tally = tally.in;
     const last = f.index === t.route.length - 1;
     const next = last ? t.head : t.route[f.index + 1].peer;
     try {
@@ -296,6 +322,7 @@ export class StageServer {
         },
         close: (err) => { if (up!.open) fail(`the link from hop ${f.index} to ${last ? 'the head' : `hop ${f.index + 1}`} (${next}) closed${err ? `: ${err.message}` : ''}`); },
       }, f.shape);
+      down.tally = tally.out;
       down.sendJson(Frame.Setup, { ticket: f.ticket, index: f.index + 1, shape: f.shape } satisfies SetupFrame);
     } catch (err) {
       fail(`hop ${f.index} (${me}) cannot reach ${last ? 'the head' : `hop ${f.index + 1}`} ${next}: ${(err as Error).message}`);
