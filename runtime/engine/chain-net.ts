@@ -179,6 +179,8 @@ export interface StageMeter {
   /** Rows (token positions) this stage computed under the contract: its own count, not the head's claim. */
   tokens: number;
   steps: number;
+  /** Milliseconds from handing a step to the stage process to its answer (compute, plus queueing when steps overlap). */
+  busyMs: number;
 }
 
 export class StageServer {
@@ -255,10 +257,12 @@ export class StageServer {
         let step: ReturnType<typeof decodeStep>;
         try { step = decodeStep(p, proc.info.n_embd); } catch (err) { fail(`bad step: ${(err as Error).message}`); return; }
         const d = down;
+        const t0 = performance.now();
         proc.eval(step.seqs, step.pos, step.hidden).then(
           (out) => {
             meter!.tokens += step.seqs.length;
             meter!.steps++;
+            meter!.busyMs += performance.now() - t0;
             if (d.open) d.send(Frame.Step, ...encodeStep(step.step, step.seqs, step.pos, out));
           },
           (err: Error) => fail(`stage ${hopIndex} (${me}) failed: ${err.message}`),
@@ -306,7 +310,7 @@ export class StageServer {
       this.refuse(up, from, f.index, `cannot start the stage: ${(err as Error).message}`);
       return;
     }
-    meter = this.meters.get(hop.contract) ?? { contract: hop.contract, head: t.head, tokens: 0, steps: 0 };
+    meter = this.meters.get(hop.contract) ?? { contract: hop.contract, head: t.head, tokens: 0, steps: 0, busyMs: 0 };
     this.meters.set(hop.contract, meter);
     const tally = this.tallies.get(hop.contract) ?? { contract: hop.contract, in: { sent: 0, received: 0 }, out: { sent: 0, received: 0 } };
     this.tallies.set(hop.contract, tally);

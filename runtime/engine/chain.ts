@@ -91,6 +91,8 @@ export class ChainEngine {
   private repairing: Promise<void> | undefined;
   private readonly lanes: number;
   private closed = false;
+  /** Where the head's time goes: passes, rows, ms in the ends process (embed, sample) and on the path (stages and links). */
+  readonly stats = { steps: 0, rows: 0, endsMs: 0, pathMs: 0 };
 
   constructor(private readonly o: ChainEngineOptions) {
     this.path = o.path;
@@ -171,11 +173,17 @@ export class ChainEngine {
           if (r.pos === r.s.embedAt && r.s.embedded) hidden.set(r.s.embedded, i * n);
           else need.push(i);
         });
+        let t = performance.now();
         if (need.length > 0) {
           const e = await this.o.ends.embed(Int32Array.from(need.map((i) => rows[i].token)));
           need.forEach((row, j) => hidden.set(e.subarray(j * n, j * n + n), row * n));
+          this.stats.endsMs += performance.now() - t;
+          t = performance.now();
         }
         const out = await path.forward(Int32Array.from(rows.map((r) => r.s.slot)), Int32Array.from(rows.map((r) => r.pos)), hidden);
+        this.stats.pathMs += performance.now() - t;
+        this.stats.steps++;
+        this.stats.rows += rows.length;
         if (path !== this.path) continue; // repaired meanwhile: these rows are filled again on the new path
         for (const r of rows) r.s.cached = Math.max(r.s.cached, r.pos + 1);
         const at: number[] = [];
@@ -183,7 +191,9 @@ export class ChainEngine {
         if (at.length === 0) continue;
         const sel = new Float32Array(at.length * n);
         at.forEach((row, i) => sel.set(out.subarray(row * n, row * n + n), i * n));
+        t = performance.now();
         const got = await this.o.ends.sampleEmbed(Uint32Array.from(at.map((i) => rows[i].s.slot)), sel);
+        this.stats.endsMs += performance.now() - t;
         at.forEach((row, i) => {
           const s = rows[row].s;
           s.embedAt = s.tokens.length; // where the sampled token will sit

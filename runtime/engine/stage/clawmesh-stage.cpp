@@ -99,6 +99,10 @@ struct Capture {
     std::string name;
     std::vector<float> rows;
     size_t filled = 0; // floats written so far in this decode
+    // Stop the graph once the rows are captured: embedding tokens needs nothing past the identity
+    // layer, and the output matrix after it (n_vocab × n_embd, the ends' biggest matmul) would be
+    // computed for nothing.
+    bool stop = false;
 };
 
 bool on_eval(struct ggml_tensor * t, bool ask, void * user) {
@@ -113,7 +117,7 @@ bool on_eval(struct ggml_tensor * t, bool ask, void * user) {
     }
     ggml_backend_tensor_get(t, cap->rows.data() + cap->filled, 0, n * sizeof(float));
     cap->filled += n;
-    return true;
+    return !cap->stop; // false ends this graph split here (ggml_backend_sched_compute_splits)
 }
 
 struct Args {
@@ -190,11 +194,13 @@ int main(int argc, char ** argv) {
     std::unordered_map<uint32_t, llama_sampler *> samplers;
 
     // Runs one batch; fills cap.rows with l_out of the last layer for every row.
-    auto decode = [&](llama_batch & b, int n) -> std::string {
+    auto decode = [&](llama_batch & b, int n, bool only_hidden = false) -> std::string {
         b.n_tokens = n;
         for (int i = 0; i < n; i++) b.logits[i] = 1; // every row an output: the last layer keeps all rows
         cap.filled = 0;
+        cap.stop = only_hidden;
         int rc = llama_decode(ctx, b);
+        cap.stop = false;
         if (rc != 0) return "llama_decode returned " + std::to_string(rc) + (rc == 1 ? " (no KV slot: context full)" : "");
         if (cap.filled != (size_t) n * n_embd) return "captured " + std::to_string(cap.filled) + " floats, expected " + std::to_string((size_t) n * n_embd);
         return "";
@@ -262,7 +268,7 @@ int main(int argc, char ** argv) {
             }
             if (!bad.empty()) { fail("embed: " + bad); continue; }
             llama_memory_clear(mem, false);
-            std::string err = decode(tok_batch, (int) n);
+            std::string err = decode(tok_batch, (int) n, true);
             if (!err.empty()) { fail("embed: " + err); continue; }
             out.bytes(cap.rows.data(), (size_t) 4 * n * n_embd);
             reply(0, out.buf);
@@ -300,7 +306,7 @@ int main(int argc, char ** argv) {
                     tok_batch.n_seq_id[i] = 1;
                 }
                 llama_memory_clear(mem, false);
-                err = decode(tok_batch, (int) n);
+                err = decode(tok_batch, (int) n, true);
                 if (!err.empty()) { fail("sample: embed: " + err); continue; }
                 out.bytes(cap.rows.data(), (size_t) 4 * n * n_embd);
             }
