@@ -39,7 +39,7 @@ import { freePort, runCompletion, startLlamaServer, startRpcServer, type LlamaSe
 import { ensureStageBinary } from '../runtime/engine/stage-build.ts';
 import { writeEndsGguf, writeStageGguf } from '../runtime/engine/stage-gguf.ts';
 import { StageProcess } from '../runtime/engine/stage-proc.ts';
-import { ChainEngine, LocalPath, type ChainPath } from '../runtime/engine/chain.ts';
+import { ChainEngine, LocalPath } from '../runtime/engine/chain.ts';
 import { ChainClient, StageServer } from '../runtime/engine/chain-net.ts';
 import type { ChainHop } from '../protocols/chain.ts';
 import { computeTensorSplit, PIN_TO_HEAD_ARGS } from '../runtime/engine/split.ts';
@@ -381,9 +381,13 @@ function breakdown(m: ChainMeasured, legsMs: number): Row['breakdown'] {
 }
 
 /** The stage program as one process: a stage holding every layer plus the ends, a 1-stage chain over no network. */
-async function stageReference(bin: string, model: string, dir: string, kit: ChainKit): Promise<void> {
-  const file = join(dir, `${presetName}-0-${preset.nLayer}.gguf`);
-  if (!existsSync(file)) writeStageGguf(model, file + '.tmp', { start: 0, end: preset.nLayer }), renameSync(file + '.tmp', file);
+async function stageReference(bin: string, model: string, sha: string, dir: string, kit: ChainKit): Promise<void> {
+  // Named as StageServer names its stage files: a stage over every layer is the same file.
+  const file = join(dir, `${sha.slice(0, 16)}-0-${preset.nLayer}.gguf`);
+  if (!existsSync(file)) {
+    writeStageGguf(model, file + '.tmp', { start: 0, end: preset.nLayer });
+    renameSync(file + '.tmp', file);
+  }
   const whole = await StageProcess.start({ bin, model: file, role: 'stage', threads, seqs: maxC, batch: STAGE_BATCH, ctx: 512 });
   try {
     const path = new LocalPath([whole]);
@@ -436,7 +440,7 @@ async function chainShapes(kit: ChainKit, sha: string, k: number): Promise<void>
           const all = Array.from({ length: k }, (_, i) => i + 2);
           const laneValues = c === 1 ? [1] : (values.lanes !== undefined ? list(values.lanes) : quick ? [...new Set([2, k + 1])] : all).filter((l) => l <= c);
           for (const lanes of laneValues) {
-            const engine = new ChainEngine({ ends: kit.ends, path: path as ChainPath, slots: maxC, batch: STAGE_BATCH, lanes });
+            const engine = new ChainEngine({ ends: kit.ends, path, slots: maxC, batch: STAGE_BATCH, lanes });
             const m = await measureChain(engine, kit.prompt, c, baseTokens, links, bytes, busy);
             const ref = stageBase.get(c)?.tps ?? NaN;
             const server = baseline.get(c)?.tps;
@@ -590,7 +594,7 @@ async function main(): Promise<void> {
       }
       client = await ChainClient.start({ host: head.host!, key: head.key, peerId: head.peerId });
       const kit: ChainKit = { ends, prompt: await ends.tokenize(PROMPT, true, false), client, servers: stageServers, head, workers: nodes.slice(1) };
-      await stageReference(bin, model, dir, kit);
+      await stageReference(bin, model, sha, dir, kit);
       console.error(`stage program in one process done (${elapsed()})`);
       for (const k of workerCounts) {
         await chainShapes(kit, sha, k);
