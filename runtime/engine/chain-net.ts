@@ -51,7 +51,10 @@ export class ChainBroken extends Error {
 export class FrameLink {
   sent = 0;
   received = 0;
-  private buf = Buffer.alloc(0);
+  /** Also counted here (a stage's per-contract totals, across the links of every session). */
+  tally: { sent: number; received: number } | undefined;
+  private chunks: Buffer[] = [];
+  private buffered = 0;
   private readonly line: DelayLine;
   private closedWith: Error | undefined | null = null; // null: open
 
@@ -62,14 +65,23 @@ export class FrameLink {
     stream.addEventListener('message', (evt) => {
       const chunk = evt.data instanceof Uint8Array ? evt.data : evt.data.subarray();
       this.received += chunk.byteLength;
-      this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : Buffer.from(chunk);
-      while (this.buf.length >= 5) {
-        const len = this.buf.readUInt32BE(0);
+      if (this.tally) this.tally.received += chunk.byteLength;
+      // Chunks are joined once a whole frame is there, not on every chunk (a step of 8 rows of a
+      // 4096-wide model arrives in several).
+      this.chunks.push(Buffer.from(chunk)); // a copy: the transport's buffer is not ours to keep
+      this.buffered += chunk.byteLength;
+      while (this.buffered >= 5) {
+        if (this.chunks[0].length < 5) this.chunks = [Buffer.concat(this.chunks)];
+        const len = this.chunks[0].readUInt32BE(0);
         if (len < 1 || len > MAX_FRAME) { this.abort(new Error(`${label}: frame of ${len} bytes is outside 1..${MAX_FRAME}`)); return; }
-        if (this.buf.length < 4 + len) break;
-        const type = this.buf[4];
-        const payload = this.buf.subarray(5, 4 + len);
-        this.buf = this.buf.subarray(4 + len);
+        if (this.buffered < 4 + len) break;
+        if (this.chunks[0].length < 4 + len) this.chunks = [Buffer.concat(this.chunks)];
+        const head = this.chunks[0];
+        const type = head[4];
+        const payload = head.subarray(5, 4 + len);
+        if (head.length === 4 + len) this.chunks.shift();
+        else this.chunks[0] = head.subarray(4 + len);
+        this.buffered -= 4 + len;
         handlers.frame(type, payload);
       }
     });
@@ -92,6 +104,7 @@ export class FrameLink {
     let o = 5;
     for (const p of parts) { out.set(p, o); o += p.byteLength; }
     this.sent += out.length;
+    if (this.tally) this.tally.sent += out.length;
     this.line.push(out);
   }
 
@@ -170,6 +183,8 @@ export interface StageMeter {
   steps: number;
   /** When rows were last counted (ms): the receipt audit judges a shortfall only once the stage is quiet. */
   lastAt: number;
+  /** Milliseconds from handing a step to the stage process to its answer (compute, plus queueing when steps overlap). */
+  busyMs: number;
 }
 
 export class StageServer {
@@ -177,6 +192,7 @@ export class StageServer {
   private readonly procs = new Map<string, Promise<StageProcess>>();
   private readonly meters = new Map<string, StageMeter>();
   private readonly suspended = new Map<string, string>();
+  private readonly tallies = new Map<string, { contract: string; in: { sent: number; received: number }; out: { sent: number; received: number } }>();
   private readonly book: ContractBook;
   private stopped = false;
 
@@ -195,7 +211,6 @@ export class StageServer {
     return [...this.meters.values()].map((m) => ({ ...m }));
   }
 
-  /** This stage's own count for a contract, as the receipt audit asks it (runtime/ledger/work-meter.ts). */
   /**
    * Stops serving a contract whose head cheated on it (the receipt audit's verdict): its stage process
    * goes and every later setup under it is refused with the reason.
@@ -207,9 +222,19 @@ export class StageServer {
     void p?.then((proc) => proc.stop()).catch(() => {});
   }
 
+  /** This stage's own count for a contract, as the receipt audit asks it (runtime/ledger/audit.ts). */
   counted(contract: string): { rows: number; lastAt: number } | undefined {
     const m = this.meters.get(contract);
     return m === undefined ? undefined : { rows: m.tokens, lastAt: m.lastAt };
+  }
+
+  /**
+   * Bytes per contract over every session so far: `received` is what came in from the hop before
+   * (hidden states and control frames), `sent` what this stage sent on to the next hop (or the head).
+   * Frame bytes, without libp2p's own framing (yamux, noise).
+   */
+  traffic(): Array<{ contract: string; received: number; sent: number }> {
+    return [...this.tallies.values()].map((t) => ({ contract: t.contract, received: t.in.received, sent: t.out.sent }));
   }
 
   /** The stage process serving a contract (tests kill it to play a crash). */
@@ -255,11 +280,13 @@ export class StageServer {
         let step: ReturnType<typeof decodeStep>;
         try { step = decodeStep(p, proc.info.n_embd); } catch (err) { fail(`bad step: ${(err as Error).message}`); return; }
         const d = down;
+        const t0 = performance.now();
         proc.eval(step.seqs, step.pos, step.hidden).then(
           (out) => {
             meter!.tokens += step.seqs.length;
             meter!.steps++;
             meter!.lastAt = Date.now();
+            meter!.busyMs += performance.now() - t0;
             if (d.open) d.send(Frame.Step, ...encodeStep(step.step, step.seqs, step.pos, out));
           },
           (err: Error) => fail(`stage ${hopIndex} (${me}) failed: ${err.message}`),
@@ -309,8 +336,11 @@ export class StageServer {
       this.refuse(up, from, f.index, `cannot start the stage: ${(err as Error).message}`);
       return;
     }
-    meter = this.meters.get(hop.contract) ?? { contract: hop.contract, head: t.head, tokens: 0, steps: 0, lastAt: 0 };
+    meter = this.meters.get(hop.contract) ?? { contract: hop.contract, head: t.head, tokens: 0, steps: 0, lastAt: 0, busyMs: 0 };
     this.meters.set(hop.contract, meter);
+    const tally = this.tallies.get(hop.contract) ?? { contract: hop.contract, in: { sent: 0, received: 0 }, out: { sent: 0, received: 0 } };
+    this.tallies.set(hop.contract, tally);
+    up.tally = tally.in;
     const last = f.index === t.route.length - 1;
     const next = last ? t.head : t.route[f.index + 1].peer;
     try {
@@ -323,6 +353,7 @@ export class StageServer {
         // The next hop went away (a stage that fails says so itself, with an error frame first).
         close: (err) => { if (up!.open) fail(`the link from hop ${f.index} to ${last ? 'the head' : `hop ${f.index + 1}`} (${next}) closed${err ? `: ${err.message}` : ''}`, last ? {} : { hop: f.index + 1, peer: next }); },
       }, f.shape);
+      down.tally = tally.out;
       down.sendJson(Frame.Setup, { ticket: f.ticket, index: f.index + 1, shape: f.shape } satisfies SetupFrame);
     } catch (err) {
       fail(`hop ${f.index} (${me}) cannot reach ${last ? 'the head' : `hop ${f.index + 1}`} ${next}: ${(err as Error).message}`, last ? {} : { hop: f.index + 1, peer: next });

@@ -79,6 +79,9 @@ interface Seq {
   fail: (e: Error) => void;
   repairs: number;
   finished: boolean;
+  /** Input row of tokens[embedAt], embedded by the ends together with sampling it (saves a call per step). */
+  embedAt: number;
+  embedded: Float32Array | undefined;
 }
 
 export class ChainEngine {
@@ -90,6 +93,8 @@ export class ChainEngine {
   private repairing: Promise<void> | undefined;
   private readonly lanes: number;
   private closed = false;
+  /** Where the head's time goes: passes, rows, ms in the ends process (embed, sample) and on the path (stages and links). */
+  readonly stats = { steps: 0, rows: 0, endsMs: 0, pathMs: 0 };
 
   constructor(private readonly o: ChainEngineOptions) {
     this.path = o.path;
@@ -103,7 +108,7 @@ export class ChainEngine {
     if (this.closed) return Promise.reject(new StageError('chain engine is closed'));
     if (req.prompt.length === 0) return Promise.reject(new StageError('empty prompt'));
     return new Promise((done, fail) => {
-      this.waiting.push({ slot: -1, req, tokens: [...req.prompt], cached: 0, generated: [], lane: 0, done, fail, repairs: 0, finished: false });
+      this.waiting.push({ slot: -1, req, tokens: [...req.prompt], cached: 0, generated: [], lane: 0, done, fail, repairs: 0, finished: false, embedAt: -1, embedded: undefined });
       this.admit();
     });
   }
@@ -161,34 +166,48 @@ export class ChainEngine {
       }
       if (rows.length === 0) return;
       const path = this.path;
+      const n = this.o.ends.info.n_embd;
       try {
-        const hidden = await this.o.ends.embed(Int32Array.from(rows.map((r) => r.token)));
+        // Rows whose token the ends already embedded while sampling it need no call; the rest (prompt
+        // chunks, re-prefills after a repair) are embedded here in one call.
+        const hidden = new Float32Array(rows.length * n);
+        const need: number[] = [];
+        rows.forEach((r, i) => {
+          if (r.pos === r.s.embedAt && r.s.embedded) hidden.set(r.s.embedded, i * n);
+          else need.push(i);
+        });
+        let t = performance.now();
+        if (need.length > 0) {
+          const e = await this.o.ends.embed(Int32Array.from(need.map((i) => rows[i].token)));
+          need.forEach((row, j) => hidden.set(e.subarray(j * n, j * n + n), row * n));
+          this.stats.endsMs += performance.now() - t;
+          t = performance.now();
+        }
         const out = await path.forward(Int32Array.from(rows.map((r) => r.s.slot)), Int32Array.from(rows.map((r) => r.pos)), hidden);
+        this.stats.pathMs += performance.now() - t;
+        this.stats.steps++;
+        this.stats.rows += rows.length;
         if (path !== this.path) continue; // repaired meanwhile: these rows are filled again on the new path
         for (const r of rows) r.s.cached = Math.max(r.s.cached, r.pos + 1);
-        const pick = rows.filter((r) => r.sample);
-        if (pick.length === 0) continue;
-        const n = this.o.ends.info.n_embd;
-        const sel = new Float32Array(pick.length * n);
-        pick.forEach((r, i) => sel.set(out.subarray(rows.indexOf(r) * n, rows.indexOf(r) * n + n), i * n));
-        const toks = await this.o.ends.sample(Uint32Array.from(pick.map((r) => r.s.slot)), sel);
-        const eog = await this.endsGeneration(toks);
-        pick.forEach((r, i) => this.accept(r.s, toks[i], eog[i]));
+        const at: number[] = [];
+        rows.forEach((r, i) => { if (r.sample) at.push(i); });
+        if (at.length === 0) continue;
+        const sel = new Float32Array(at.length * n);
+        at.forEach((row, i) => sel.set(out.subarray(row * n, row * n + n), i * n));
+        t = performance.now();
+        const got = await this.o.ends.sampleEmbed(Uint32Array.from(at.map((i) => rows[i].s.slot)), sel);
+        this.stats.endsMs += performance.now() - t;
+        at.forEach((row, i) => {
+          const s = rows[row].s;
+          s.embedAt = s.tokens.length; // where the sampled token will sit
+          s.embedded = got.hidden.subarray(i * n, i * n + n);
+          this.accept(s, got.tokens[i], got.eog[i]);
+        });
       } catch (err) {
         if (this.closed) return;
         await this.recover(path, err as Error);
       }
     }
-  }
-
-  private readonly eogCache = new Map<number, boolean>();
-  private async endsGeneration(toks: Int32Array): Promise<boolean[]> {
-    const unknown = [...new Set(toks)].filter((t) => !this.eogCache.has(t));
-    if (unknown.length > 0) {
-      const p = await this.o.ends.pieces(Int32Array.from(unknown));
-      unknown.forEach((t, i) => this.eogCache.set(t, p[i].eog));
-    }
-    return [...toks].map((t) => this.eogCache.get(t)!);
   }
 
   private accept(s: Seq, token: number, eog: boolean): void {

@@ -15,6 +15,7 @@ export const enum StageOp {
   Tokenize = 8,
   Pieces = 9,
   Template = 10,
+  SampleEmbed = 11,
 }
 
 export interface StageInfo {
@@ -102,13 +103,15 @@ export class StageProcess {
   call(op: StageOp, ...parts: Uint8Array[]): Promise<Buffer> {
     if (this.exited) return Promise.reject(new StageError(`stage process is gone (${this.exited})${this.lastWords()}`));
     const len = 1 + parts.reduce((n, p) => n + p.length, 0);
-    const head = Buffer.alloc(5);
-    head.writeUInt32LE(len, 0);
-    head.writeUInt8(op, 4);
+    // One buffer, one write: a pipe write per part costs a syscall each and can wake the child early.
+    const frame = Buffer.allocUnsafe(4 + len);
+    frame.writeUInt32LE(len, 0);
+    frame.writeUInt8(op, 4);
+    let o = 5;
+    for (const p of parts) { frame.set(p, o); o += p.length; }
     return new Promise((resolve, reject) => {
       this.pending.push({ resolve, reject });
-      this.child.stdin!.write(head);
-      for (const p of parts) this.child.stdin!.write(p);
+      this.child.stdin!.write(frame);
     });
   }
 
@@ -134,6 +137,23 @@ export class StageProcess {
   async sample(samplers: Uint32Array, hidden: Float32Array): Promise<Int32Array> {
     const out = await this.call(StageOp.Sample, u32(samplers.length), bytes(samplers), bytes(hidden));
     return new Int32Array(out.buffer.slice(out.byteOffset, out.byteOffset + out.length));
+  }
+
+  /**
+   * Samples a token per row and, in the same call, embeds the sampled tokens: the next step's input
+   * rows come back with the tokens (one round trip to this process per step instead of two).
+   */
+  async sampleEmbed(samplers: Uint32Array, hidden: Float32Array): Promise<{ tokens: Int32Array; eog: boolean[]; hidden: Float32Array }> {
+    const n = samplers.length;
+    const out = await this.call(StageOp.SampleEmbed, u32(n), bytes(samplers), bytes(hidden));
+    const e = this.info.n_embd;
+    if (out.length !== n * (4 * e + 5)) throw new StageError(`sample+embed answered ${out.length} bytes for ${n} rows`);
+    const ab = out.buffer.slice(out.byteOffset, out.byteOffset + out.length);
+    return {
+      hidden: new Float32Array(ab, 0, n * e),
+      tokens: new Int32Array(ab, 4 * n * e, n),
+      eog: Array.from(new Uint8Array(ab, 4 * n * e + 4 * n, n), (b) => b === 1),
+    };
   }
 
   async setSampler(id: number, p: SamplerParams): Promise<void> {
@@ -205,7 +225,8 @@ export class StageProcess {
       const len = this.buf.readUInt32LE(0);
       if (this.buf.length < 4 + len) return;
       const status = this.buf[4];
-      const payload = Buffer.from(this.buf.subarray(5, 4 + len));
+      // A view, not a copy: the readers below copy into aligned memory, and this.buf is never written to.
+      const payload = this.buf.subarray(5, 4 + len);
       this.buf = this.buf.subarray(4 + len);
       const p = this.pending.shift();
       if (!p) continue;

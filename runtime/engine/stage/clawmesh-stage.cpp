@@ -37,6 +37,7 @@ enum Op : uint8_t {
     OP_TOKENIZE = 8,   // u8 add_special, u8 parse_special, text -> n*i32
     OP_PIECES = 9,     // n*i32 -> n*(u8 eog, u32 len, bytes)
     OP_TEMPLATE = 10,  // u8 add_assistant, u32 n, n*(u32 len role, role, u32 len content, content) -> text
+    OP_SAMPLE_EMBED = 11, // as OP_SAMPLE -> n*n_embd f32 (the sampled tokens' embeddings), n*i32 token, n*u8 eog (ends)
 };
 
 struct Reader {
@@ -98,6 +99,10 @@ struct Capture {
     std::string name;
     std::vector<float> rows;
     size_t filled = 0; // floats written so far in this decode
+    // Stop the graph once the rows are captured: embedding tokens needs nothing past the identity
+    // layer, and the output matrix after it (n_vocab × n_embd, the ends' biggest matmul) would be
+    // computed for nothing.
+    bool stop = false;
 };
 
 bool on_eval(struct ggml_tensor * t, bool ask, void * user) {
@@ -112,7 +117,7 @@ bool on_eval(struct ggml_tensor * t, bool ask, void * user) {
     }
     ggml_backend_tensor_get(t, cap->rows.data() + cap->filled, 0, n * sizeof(float));
     cap->filled += n;
-    return true;
+    return !cap->stop; // false ends this graph split here (ggml_backend_sched_compute_splits)
 }
 
 struct Args {
@@ -189,11 +194,13 @@ int main(int argc, char ** argv) {
     std::unordered_map<uint32_t, llama_sampler *> samplers;
 
     // Runs one batch; fills cap.rows with l_out of the last layer for every row.
-    auto decode = [&](llama_batch & b, int n) -> std::string {
+    auto decode = [&](llama_batch & b, int n, bool only_hidden = false) -> std::string {
         b.n_tokens = n;
         for (int i = 0; i < n; i++) b.logits[i] = 1; // every row an output: the last layer keeps all rows
         cap.filled = 0;
+        cap.stop = only_hidden;
         int rc = llama_decode(ctx, b);
+        cap.stop = false;
         if (rc != 0) return "llama_decode returned " + std::to_string(rc) + (rc == 1 ? " (no KV slot: context full)" : "");
         if (cap.filled != (size_t) n * n_embd) return "captured " + std::to_string(cap.filled) + " floats, expected " + std::to_string((size_t) n * n_embd);
         return "";
@@ -261,11 +268,11 @@ int main(int argc, char ** argv) {
             }
             if (!bad.empty()) { fail("embed: " + bad); continue; }
             llama_memory_clear(mem, false);
-            std::string err = decode(tok_batch, (int) n);
+            std::string err = decode(tok_batch, (int) n, true);
             if (!err.empty()) { fail("embed: " + err); continue; }
             out.bytes(cap.rows.data(), (size_t) 4 * n * n_embd);
             reply(0, out.buf);
-        } else if (op == OP_SAMPLE && ends) {
+        } else if ((op == OP_SAMPLE || op == OP_SAMPLE_EMBED) && ends) {
             uint32_t n = r.get<uint32_t>();
             if (!r.ok || n == 0 || n > (uint32_t) a.batch) { fail("sample: bad row count"); continue; }
             const uint8_t * ids = r.take(4 * n);
@@ -288,10 +295,23 @@ int main(int argc, char ** argv) {
             llama_memory_clear(mem, false);
             std::string err = decode(emb_batch, (int) n);
             if (!err.empty()) { fail("sample: " + err); continue; }
-            for (uint32_t i = 0; i < n; i++) {
-                llama_token t = llama_sampler_sample(use[i], ctx, (int32_t) i); // also accepts t into the chain's state
-                out.put<int32_t>(t);
+            std::vector<llama_token> picked(n);
+            for (uint32_t i = 0; i < n; i++) picked[i] = llama_sampler_sample(use[i], ctx, (int32_t) i); // also accepts t into the chain's state
+            if (op == OP_SAMPLE_EMBED) {
+                // The next step's input in the same call: the head saves a round trip to this process per step.
+                for (uint32_t i = 0; i < n; i++) {
+                    tok_batch.token[i] = picked[i];
+                    tok_batch.pos[i] = (llama_pos) i;
+                    tok_batch.seq_id[i][0] = 0;
+                    tok_batch.n_seq_id[i] = 1;
+                }
+                llama_memory_clear(mem, false);
+                err = decode(tok_batch, (int) n, true);
+                if (!err.empty()) { fail("sample: embed: " + err); continue; }
+                out.bytes(cap.rows.data(), (size_t) 4 * n * n_embd);
             }
+            for (uint32_t i = 0; i < n; i++) out.put<int32_t>(picked[i]);
+            if (op == OP_SAMPLE_EMBED) for (uint32_t i = 0; i < n; i++) out.put<uint8_t>(llama_vocab_is_eog(vocab, picked[i]) ? 1 : 0);
             reply(0, out.buf);
         } else if (op == OP_SAMPLER && ends) {
             uint32_t id = r.get<uint32_t>();
