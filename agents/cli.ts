@@ -132,7 +132,6 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
   // A worker restarted with contracts still in force serves them at once: its heads are rebuilding on them.
   if ((await bot.book.contracts({ worker: node.peerId.toString(), status: 'active' })).length > 0) serve()
   console.log(`ClawBot ${bot.name} is ${bot.state} (brain: ${bot.brain.label}${bot.resumedFrom !== undefined ? `, resumed from ${bot.resumedFrom}` : ''})`)
-  if (!engine.real) node.log.info('pipelines are pending the engine: contracts will be negotiated, not run')
   const target = bot.settings.assemble
   if (target !== undefined) {
     const path = resolveModelPath(target, node.modelsDir)
