@@ -3,6 +3,7 @@ import type { Logger } from '../runtime/log.ts'
 import type { ProposeOptions, ProposeOutcome } from '../governance/proposal.ts'
 import { sandboxMode } from '../governance/sandbox.ts'
 import { openPullRequestTool, proposerSetup } from '../skills/governance/index.ts'
+import { machineIsIdle } from '../skills/market/policy-guard.ts'
 import { OfflineNegotiator } from './brains/offline.ts'
 import type { Brain } from './brains/providers.ts'
 
@@ -12,7 +13,7 @@ export interface ContributingAgent {
   readonly halted: string | undefined
   /** A market turn is queued or running: negotiations come first. */
   readonly busy: boolean
-  readonly owner: { allowsWorkAt: (now: Date) => boolean }
+  readonly owner: { allowsWorkAt: (now: Date) => boolean, current: () => { idleOnly: boolean } }
 }
 
 export interface ContributorOptions {
@@ -26,6 +27,8 @@ export interface ContributorOptions {
   onOutcome?: (o: ProposeOutcome) => void
   /** How often a run in hand checks for the owner's pause (default 500 ms). */
   watchMs?: number
+  /** For the owner's idleOnly (default: the load average, as the market's guard reads it). */
+  machineIdle?: () => boolean
 }
 
 /**
@@ -72,7 +75,7 @@ export class Contributor {
       return
     }
     const now = Date.now()
-    if (halted !== undefined || now < this.nextAt || this.o.agent.busy || !this.o.agent.owner.allowsWorkAt(new Date(now))) return
+    if (halted !== undefined || now < this.nextAt || this.o.agent.busy || !this.ownerAllows(now)) return
     const abort = new AbortController()
     const done = this.takeOne(abort.signal).finally(() => {
       this.run = undefined
@@ -81,10 +84,16 @@ export class Contributor {
     this.run = { abort, done }
   }
 
+  /** The owner's hours, and idleOnly: a test run loads the machine as much as serving layers does. */
+  private ownerAllows (now: number): boolean {
+    const owner = this.o.agent.owner
+    return owner.allowsWorkAt(new Date(now)) && (!owner.current().idleOnly || (this.o.machineIdle ?? machineIsIdle)())
+  }
+
   private async takeOne (signal: AbortSignal): Promise<void> {
     let outcome: ProposeOutcome | undefined
-    const skill = openPullRequestTool({ ...this.o.propose, exclude: [...this.failed], signal }, (o) => { outcome = o })
     try {
+      const skill = openPullRequestTool({ ...this.o.propose, exclude: [...this.failed], signal }, (o) => { outcome = o })
       // Through the skill, as an LLM would call it; no signal in the call's config, since LangChain
       // would then settle the call at once on abort while the work still winds down, and a second
       // issue could start beside it.
