@@ -274,6 +274,11 @@ export class ClawBot {
     return this.killedFlag
   }
 
+  /** A turn is queued or running (work beside the market, such as a pull request, waits for none). */
+  get busy (): boolean {
+    return this.pending > 0
+  }
+
   /** No new work until resume(): calls are not answered, no move passes the guard, a head calls for nothing. */
   pause (reason: string): void {
     if (this.killedFlag) return

@@ -15,6 +15,7 @@ import { contractId } from '../protocols/index.ts'
 import { ClawBot } from './clawbot.ts'
 import type { Brain } from './brains/providers.ts'
 import { engineFor } from './engine-runner.ts'
+import { startContributor, type Contributor } from './contributor.ts'
 import { migrateAgentTables } from './migrations.ts'
 import { formatTranscript, loadTranscripts } from './transcript.ts'
 
@@ -37,6 +38,8 @@ export async function cmdTranscripts (home: string, opts: { thread?: string, jso
 export interface RunningAgent {
   bot: ClawBot
   receipts: ReceiptService
+  /** Takes task issues and opens pull requests, where config.governance lets this agent propose. */
+  contributor?: Contributor
   /** The paid API, once a head with a gateway section assembled a model (one gateway sells every model). */
   gateways: () => Promise<Gateway[]>
   stop: () => Promise<void>
@@ -121,11 +124,14 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
   // before the agent leaves the mesh. Each stops once: the node's own stop after a kill comes again.
   const stopGateway = once(async () => { await (await gateway)?.stop() })
   const stopServing = once(async () => { await (await serving)?.() })
+  // The shared code's task issues, one at a time while the agent is idle; the owner's pause stops it too.
+  const contributor = await startContributor(node, bot)
+  const stopContributor = once(async () => { await contributor?.stop() })
+  node.controls.onDrain(stopContributor)
   node.controls.onDrain(async () => { try { await stopGateway() } finally { await stopServing() } })
   // A worker restarted with contracts still in force serves them at once: its heads are rebuilding on them.
   if ((await bot.book.contracts({ worker: node.peerId.toString(), status: 'active' })).length > 0) serve()
   console.log(`ClawBot ${bot.name} is ${bot.state} (brain: ${bot.brain.label}${bot.resumedFrom !== undefined ? `, resumed from ${bot.resumedFrom}` : ''})`)
-  if (!engine.real) node.log.info('pipelines are pending the engine: contracts will be negotiated, not run')
   const target = bot.settings.assemble
   if (target !== undefined) {
     const path = resolveModelPath(target, node.modelsDir)
@@ -136,11 +142,13 @@ export async function startAgentFor (node: MeshNode, opts: { brain?: Brain } = {
   return {
     bot,
     receipts,
+    contributor,
     gateways: async () => { const g = await gateway; return g === undefined ? [] : [g] },
     // Every part stops even when another fails (after a crash the node's database may be closed).
     stop: async () => {
       const errors: unknown[] = []
       const step = async (f: () => unknown): Promise<void> => { try { await f() } catch (err) { errors.push(err) } }
+      await step(stopContributor)
       await step(stopGateway)
       for (const p of replayPipelines) await step(async () => { await p.stop() })
       await step(async () => { await bot.stop() })

@@ -49,7 +49,6 @@ export async function cmdAgentsDemo (opts: { nodes: number, layers: number, prom
   const stops: Array<() => Promise<void>> = []
   try {
     const engines = await Promise.all(nodes.map(async (node) => await engineFor(node)))
-    const real = engines[0].real
     const layersEach = Math.max(1, Math.ceil(opts.layers * 0.4))
     for (let i = 0; i < n; i++) {
       bots.push(await ClawBot.start(nodes[i], {
@@ -65,13 +64,11 @@ export async function cmdAgentsDemo (opts: { nodes: number, layers: number, prom
     }
     await waitFor('every agent to hear every other', () => fullyPresent(nodes), 30_000)
     console.log(`Mesh up in ${Date.now() - t0} ms (${n} nodes started, connected and heard from each other): ${bots.map((b) => b.name).join(', ')}. ${bots[0].name} asks the mesh to serve ${model.nLayer} layers; each worker may lend ${layersEach}.`)
-    if (real) {
-      // Workers serve before the head asks, so that contracted layers find an rpc-server ready.
-      process.stdout.write('Engine found: workers start serving layer slices (llama.cpp rpc-servers behind contract-checked libp2p streams)… ')
-      const tServe = Date.now()
-      for (const e of engines.slice(1)) stops.push(await e.serve!())
-      console.log(`ok (${Date.now() - tServe} ms)`)
-    }
+    // Workers serve before the head asks, so that contracted layers find an rpc-server ready.
+    process.stdout.write('Engine found: workers start serving layer slices (llama.cpp rpc-servers behind contract-checked libp2p streams)… ')
+    const tServe = Date.now()
+    for (const e of engines.slice(1)) stops.push(await e.serve!())
+    console.log(`ok (${Date.now() - tServe} ms)`)
 
     const head = bots[0]
     const assembled = new Promise<Assembly>((resolve) => head.onAssembled(resolve))
@@ -96,7 +93,7 @@ export async function cmdAgentsDemo (opts: { nodes: number, layers: number, prom
       const answer = await assembly.pipeline.complete(opts.prompt, { maxTokens: 24 })
       console.log(`Answer (${Date.now() - t1} ms; a seeded-random test model, so the words are noise): ${JSON.stringify(answer)}`)
     } else {
-      console.log(`Pipeline: ${real ? 'failed to start' : 'PENDING THE ENGINE'}: ${assembly.pipelineError ?? 'not started'}.`)
+      console.log(`Pipeline: failed to start: ${assembly.pipelineError ?? 'not started'}.`)
     }
   } finally {
     for (const b of bots) await b.stop().catch(() => {})

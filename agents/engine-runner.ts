@@ -12,7 +12,6 @@ export interface EngineHookup {
   serve?: () => Promise<() => Promise<void>>
   /** Once serving: the worker's own count of what it computed per contract, and how to stop serving one. */
   meter?: () => ServingMeter | undefined
-  real: boolean
 }
 
 export interface ServingMeter {
@@ -31,7 +30,6 @@ export async function engineFor (node: MeshNode): Promise<EngineHookup> {
   let serving: ServeSlice | undefined
   return {
     runner: mode === 'star' ? new EnginePipelineRunner(node) : new ChainPipelineRunner(node),
-    real: true,
     meter: () => serving?.running,
     serve: async () => {
       const slice = new ServeSlice({ node })

@@ -36,6 +36,13 @@ export interface ProposeOptions {
   attempts?: number
   /** Work on this issue instead of the first open, labelled one without an agent PR. */
   issue?: number
+  /** Issues not to take (e.g. ones whose changes already failed their tests here). */
+  exclude?: readonly number[]
+  /**
+   * Stops the work at its next step (the test run is killed) and rejects with the signal's reason.
+   * Once the branch is pushed the pull request is still opened, so that no orphan branch is left.
+   */
+  signal?: AbortSignal
   workRoot?: string
   store?: GovernanceStore
   log?: Logger
@@ -51,9 +58,11 @@ export const DEFAULT_TEST_COMMAND = 'npm test'
 export async function proposeForIssue (o: ProposeOptions): Promise<ProposeOutcome> {
   const base = o.baseBranch ?? 'main'
   const testCommand = o.testCommand ?? DEFAULT_TEST_COMMAND
+  o.signal?.throwIfAborted()
   const issue = await pickIssue(o)
   if (issue === undefined) return { status: 'no-task', reason: o.issue !== undefined ? `issue #${o.issue} is not open with label "${o.label}", or already has an agent pull request` : `no open issue labelled "${o.label}" without an agent pull request` }
 
+  o.signal?.throwIfAborted()
   const baseSha = await o.forge.branchSha(base)
   const ws = await Workspace.clone(o.cloneUrl, baseSha, o.workRoot)
   try {
@@ -72,9 +81,13 @@ export async function proposeForIssue (o: ProposeOptions): Promise<ProposeOutcom
     let tests: TestResult | undefined
     for (let attempt = 1; attempt <= (o.attempts ?? 2); attempt++) {
       if (attempt > 1) await resetClone(ws)
+      o.signal?.throwIfAborted()
       change = await o.author.proposeChange({ issue, files, contents, feedback })
+      o.signal?.throwIfAborted()
       await ws.apply(change.edits)
-      tests = await ws.runTests(testCommand, o.testTimeoutMs, { allowUnsandboxed: o.allowUnsandboxedTests })
+      tests = await ws.runTests(testCommand, o.testTimeoutMs, { allowUnsandboxed: o.allowUnsandboxedTests, signal: o.signal })
+      // A run killed by the signal is no verdict on the change: neither feedback nor a failure.
+      o.signal?.throwIfAborted()
       o.log?.info('tested a proposed change', { issue: issue.number, attempt, passed: tests.passed, ms: tests.durationMs })
       if (tests.passed) break
       feedback = `\`${testCommand}\` exited ${tests.exitCode}${tests.timedOut ? ' (timed out)' : ''}:\n${tests.outputTail}`
@@ -90,6 +103,8 @@ export async function proposeForIssue (o: ProposeOptions): Promise<ProposeOutcom
     const message = `${change.title}\n\n${change.rationale}\n\nCloses #${issue.number}\nClawmesh-Agent: ${o.agent.name} <${peerId}>\n`
     const headSha = await o.forge.createCommit({ message, tree: treeSha, parents: [baseSha], author: { name: `ClawBot ${o.agent.name}`, email: `${peerId}@clawmesh.invalid` } })
     const branch = `clawmesh/${slug(o.agent.name)}/issue-${issue.number}-${headSha.slice(0, 7)}`
+    // The last point to stop: unreferenced blobs and commits are harmless, a branch without its PR is litter.
+    o.signal?.throwIfAborted()
     await o.forge.createBranch(branch, headSha)
     const marker = await signMarker(o.agent.key, { v: 1, agent: o.agent.name, peerId, repo: `${o.forge.repo.owner}/${o.forge.repo.repo}`, issue: issue.number, base: baseSha, head: headSha, tests: { command: testCommand, passed: true } })
     const pr = await o.forge.createPullRequest({ title: change.title, head: branch, base, body: prBody(issue, change, tests, o.agent.name, peerId, marker) })
@@ -104,7 +119,8 @@ export async function proposeForIssue (o: ProposeOptions): Promise<ProposeOutcom
 async function pickIssue (o: ProposeOptions): Promise<Issue | undefined> {
   const issues = await o.forge.listIssues({ label: o.label })
   const open = await o.forge.listOpenPullRequests()
-  const taken = new Set(open.map((pr) => parseMarker(pr.body)?.issue).filter((n) => n !== undefined))
+  const taken = new Set<number>(open.map((pr) => parseMarker(pr.body)?.issue).filter((n) => n !== undefined))
+  for (const n of o.exclude ?? []) taken.add(n)
   return issues.filter((i) => (o.issue === undefined || i.number === o.issue) && !taken.has(i.number)).sort((a, b) => a.number - b.number)[0]
 }
 

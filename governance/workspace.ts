@@ -29,6 +29,8 @@ export interface RunTestsOptions {
   allowUnsandboxed?: boolean
   /** Overrides the machine's probe (tests of the refusal). */
   mode?: SandboxMode
+  /** Kills the run (its whole process group) when aborted: the owner paused the agent, or it stops. */
+  signal?: AbortSignal
 }
 
 /** Environment variables an LLM-written test must never see: the forge tokens above all. */
@@ -103,9 +105,13 @@ export class Workspace {
     child.stderr!.on('data', keep)
     let timedOut = false
     // The whole process group: test runners spawn workers that would outlive a killed shell.
-    const timer = setTimeout(() => { timedOut = true; try { process.kill(-child.pid!, 'SIGKILL') } catch {} }, timeoutMs)
+    const killAll = (): void => { try { process.kill(-child.pid!, 'SIGKILL') } catch {} }
+    const timer = setTimeout(() => { timedOut = true; killAll() }, timeoutMs)
+    o.signal?.addEventListener('abort', killAll, { once: true })
+    if (o.signal?.aborted === true) killAll()
     const exitCode = await new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)))
     clearTimeout(timer)
+    o.signal?.removeEventListener('abort', killAll)
     return { command, passed: exitCode === 0 && !timedOut, exitCode, timedOut, durationMs: Date.now() - started, outputTail: output.slice(-4000), sandboxed }
   }
 

@@ -116,8 +116,16 @@ export const GovernanceSettingsSchema = z.object({
   token: z.string().optional(),
   /** Run the quorum keeper in `clawmesh start` (only on the node holding the keeper's token). */
   keeper: z.boolean().default(false),
-  keeperIntervalMs: z.number().int().min(5_000).default(60_000)
+  keeperIntervalMs: z.number().int().min(5_000).default(60_000),
+  /**
+   * The running agent takes labelled issues and opens pull requests (agents/contributor.ts). Default:
+   * on, except on the keeper's node, whose token must never author what it merges.
+   */
+  propose: z.boolean().optional(),
+  /** How often an idle agent looks for a task issue (one at a time; it never works on two at once). */
+  proposeIntervalMs: z.number().int().min(1_000).default(300_000)
 }).strict().superRefine((g, ctx) => {
+  if (g.keeper && g.propose === true) ctx.addIssue({ code: 'custom', path: ['propose'], message: 'the keeper\'s node cannot propose: its token merges, and must never author what it merges (run the proposing agent on another node, with an agent token)' })
   const agents = new Set(g.agentLogins.map((l) => l.toLowerCase()))
   const both = g.allowList.filter((l) => agents.has(l.toLowerCase()))
   if (both.length > 0) ctx.addIssue({ code: 'custom', path: ['allowList'], message: `${both.join(', ')} cannot be both a human reviewer and an agent` })

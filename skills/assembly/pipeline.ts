@@ -40,10 +40,3 @@ export interface PipelineRunner {
   /** Starts the pipeline over these contracts (sorted by layer, covering [0, nLayer) exactly). */
   run (contracts: SignedContract[], model: ModelRef & { path?: string }): Promise<Pipeline>
 }
-
-/** Used until the engine exports a runner: says so plainly instead of pretending to run anything. */
-export class PendingEngineRunner implements PipelineRunner {
-  async run (contracts: SignedContract[], model: ModelRef): Promise<Pipeline> {
-    throw new Error(`pipeline for ${model.name} over ${contracts.length} contracts is pending the engine (runtime/engine exports no pipeline runner yet)`)
-  }
-}

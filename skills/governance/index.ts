@@ -1,45 +1,44 @@
 import type { BaseChatModel } from '@langchain/core/language_models/chat_models'
-import type { StructuredToolInterface } from '@langchain/core/tools'
 import type { MeshNode } from '../../runtime/node/node.ts'
 import { ChatModelChangeAuthor } from '../../governance/change-author.ts'
+import type { ProposeOptions } from '../../governance/proposal.ts'
 import { GovernanceStore, migrateGovernance } from '../../governance/store.ts'
 import { cloneUrlOf, forgeFor } from '../../governance/settings.ts'
-import type { VoteService } from '../../governance/votes.ts'
-import { openPullRequestTool } from './open-pull-request.ts'
-import { voteTools } from './vote-tools.ts'
 
 export { openPullRequestTool } from './open-pull-request.ts'
 export { voteTools } from './vote-tools.ts'
 
+export type ProposerSetup = { options: Omit<ProposeOptions, 'issue'> } | { unavailable: string }
+
 /**
- * The governance skills for an agent running on `node`, wired from its config: `open_pull_request`
- * (only when config.governance names a repository and a token is available) and the vote tools.
- * The change is written by `model`, the agent's own chat model.
+ * What `open_pull_request` needs on `node`, wired from config.governance, with `model` (the agent's
+ * own chat model) writing the change; or why this node cannot propose: no governance section, the
+ * keeper's node (its token merges), the owner turned it off, or no token.
  */
-export async function governanceSkills (node: MeshNode, model: BaseChatModel, votes?: VoteService): Promise<StructuredToolInterface[]> {
-  const tools: StructuredToolInterface[] = votes !== undefined ? voteTools(votes) : []
+export async function proposerSetup (node: MeshNode, model: BaseChatModel): Promise<ProposerSetup> {
   const settings = node.config.governance
-  if (settings === undefined) return tools
+  if (settings === undefined) return { unavailable: 'config.json has no governance section' }
+  if (settings.propose === false) return { unavailable: 'governance.propose is false' }
+  if (settings.keeper && settings.propose !== true) return { unavailable: 'this is the quorum keeper\'s node: its token merges, and never authors what it merges' }
   let forge
   try {
     forge = forgeFor(settings)
   } catch (err) {
-    // No token: the agent still votes; it just cannot propose code until its owner provides one.
-    node.log.warn('open_pull_request is unavailable', { reason: (err as Error).message })
-    return tools
+    return { unavailable: (err as Error).message }
   }
   await migrateGovernance(node.store.db)
-  tools.push(openPullRequestTool({
-    forge,
-    author: new ChatModelChangeAuthor(model),
-    agent: { name: node.config.name, key: node.key },
-    cloneUrl: cloneUrlOf(settings),
-    label: settings.label,
-    baseBranch: settings.baseBranch,
-    testCommand: settings.testCommand,
-    allowUnsandboxedTests: settings.allowUnsandboxedTests,
-    store: new GovernanceStore(node.store.db),
-    log: node.log.child('governance')
-  }))
-  return tools
+  return {
+    options: {
+      forge,
+      author: new ChatModelChangeAuthor(model),
+      agent: { name: node.config.name, key: node.key },
+      cloneUrl: cloneUrlOf(settings),
+      label: settings.label,
+      baseBranch: settings.baseBranch,
+      testCommand: settings.testCommand,
+      allowUnsandboxedTests: settings.allowUnsandboxedTests,
+      store: new GovernanceStore(node.store.db),
+      log: node.log.child('governance')
+    }
+  }
 }

@@ -1,11 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { execFileSync } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import type { PrivateKey } from '@libp2p/interface'
-import { AIMessage } from '@langchain/core/messages'
 import { fakeModel } from '@langchain/core/testing'
 import { Octokit } from 'octokit'
 import { OctokitForge } from '../../governance/octokit-forge.ts'
@@ -18,6 +16,7 @@ import { SqliteDb } from '../../runtime/store/sqlite.ts'
 import { QUORUM_CONTEXT } from '../../governance/quorum.ts'
 import { openPullRequestTool } from '../../skills/governance/open-pull-request.ts'
 import { GitHubStandIn } from '../helpers/github/stand-in.ts'
+import { change, makeUpstream } from '../helpers/github/upstream.ts'
 import { tempDir } from '../helpers/mesh.ts'
 import { cliEnv, runJson } from '../helpers/cli.ts'
 
@@ -39,24 +38,6 @@ const HUMANS = ['ann', 'ben', 'cat']
 const PRODUCT = 'export function product (...xs) {\n  return xs.reduce((a, b) => a * b, 1)\n}\n'
 const PRODUCT_TEST = "import test from 'node:test'\nimport assert from 'node:assert'\nimport { product } from '../product.mjs'\n\ntest('product', () => {\n  assert.strictEqual(product(2, 3, 4), 24)\n  assert.strictEqual(product(), 1)\n})\n"
 const BROKEN_SUM = 'export function sum (...xs) {\n  return xs.length\n}\n'
-
-/** A tiny project whose own test command (`node --test`) runs in a fraction of a second. */
-function makeUpstream (dir: string): string {
-  const env = { ...process.env, GIT_AUTHOR_NAME: 'Maintainer', GIT_AUTHOR_EMAIL: 'm@example.org', GIT_COMMITTER_NAME: 'Maintainer', GIT_COMMITTER_EMAIL: 'm@example.org' }
-  const git = (...args: string[]): string => execFileSync('git', args, { cwd: dir, env }).toString().trim()
-  mkdirSync(join(dir, 'test'), { recursive: true })
-  writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'shared', type: 'module', scripts: { test: 'node --test' } }, null, 2) + '\n')
-  writeFileSync(join(dir, 'sum.mjs'), 'export function sum (...xs) {\n  return xs.reduce((a, b) => a + b, 0)\n}\n')
-  writeFileSync(join(dir, 'test', 'sum.test.mjs'), "import test from 'node:test'\nimport assert from 'node:assert'\nimport { sum } from '../sum.mjs'\n\ntest('sum', () => {\n  assert.strictEqual(sum(1, 2, 3), 6)\n})\n")
-  git('init', '-q', '-b', 'main')
-  git('add', '.')
-  git('commit', '-q', '-m', 'initial')
-  return git('rev-parse', 'HEAD')
-}
-
-function change (title: string, edits: Array<{ path: string, content: string | null }>, id: string): AIMessage {
-  return new AIMessage({ content: '', id, tool_calls: [{ name: 'submit_change', args: { title, rationale: `Resolves the issue: ${title}.`, edits }, id: `call-${id}`, type: 'tool_call' }] })
-}
 
 describe('agent pull requests and the human review quorum', () => {
   let dir: Awaited<ReturnType<typeof tempDir>>
