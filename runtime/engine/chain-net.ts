@@ -173,6 +173,8 @@ export interface StageServerOptions {
   ctx?: number;
   verify?: ContractVerifier;
   log?: Logger;
+  /** How often stage processes of contracts that are over are stopped (default 5 s). */
+  sweepMs?: number;
 }
 
 export interface StageMeter {
@@ -195,6 +197,7 @@ export class StageServer {
   private readonly tallies = new Map<string, { contract: string; in: { sent: number; received: number }; out: { sent: number; received: number } }>();
   private readonly book: ContractBook;
   private stopped = false;
+  private sweeper: NodeJS.Timeout | undefined;
 
   private constructor(private readonly o: StageServerOptions) {
     this.book = new ContractBook(o.store, o.verify ?? verifyMarketContract);
@@ -204,7 +207,25 @@ export class StageServer {
     mkdirSync(o.cacheDir, { recursive: true });
     const s = new StageServer(o);
     await o.host.handle(STAGE_PROTOCOL, (stream, conn) => { void s.onStream(stream, conn); }, { maxInboundStreams: 64 });
+    // A contract that ended, broke, lapsed or expired gives its memory back: its stage process goes.
+    s.sweeper = setInterval(() => { void s.sweep().catch((err: Error) => o.log?.warn('stage sweep failed', { error: err.message })); }, o.sweepMs ?? 5000);
+    s.sweeper.unref();
     return s;
+  }
+
+  /** Stops the stage processes of contracts that are no longer active and unexpired; returns their ids. */
+  async sweep(now = Date.now()): Promise<string[]> {
+    const released: string[] = [];
+    for (const contract of [...this.procs.keys()]) {
+      const c = await this.book.get(contract);
+      if (c !== undefined && c.status === 'active' && c.expiresAt > now) continue;
+      const p = this.procs.get(contract);
+      this.procs.delete(contract);
+      await p?.then((proc) => proc.stop()).catch(() => {});
+      this.o.log?.info('contract over; its stage process is gone', { contract, status: c?.status ?? 'unknown' });
+      released.push(contract);
+    }
+    return released;
   }
 
   meter(): StageMeter[] {
@@ -244,6 +265,7 @@ export class StageServer {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    clearInterval(this.sweeper);
     await this.o.host.unhandle(STAGE_PROTOCOL).catch(() => {});
     const all = [...this.procs.values()];
     this.procs.clear();

@@ -165,5 +165,10 @@ describe('chain over libp2p', () => {
     expect(res.repairs).toBe(1);
     expect(res.tokens).toEqual(ref);
     await engine.close();
+    // The contract ends: the worker's stage process goes, and a new chain under it is refused.
+    await nodes[1].store.db.run("UPDATE contracts SET status = 'ended' WHERE id = ?", [route[0].contract]);
+    expect(await servers[0].sweep()).toContain(route[0].contract);
+    expect(await servers[0].processFor(route[0].contract)).toBeUndefined();
+    await expect(client.open({ model: sha, route: [route[0], spare], nEmbd: ends.info.n_embd })).rejects.toThrow(/is ended, not active/);
   }, 120_000);
 });
