@@ -39,6 +39,10 @@ const enum Frame {
 
 /** A step of 512 rows of 8192 floats is 16 MiB; anything past this bound is refused unread. */
 const MAX_FRAME = 64 << 20;
+/** Until a link's route is checked, a frame is a setup (a ticket): a stranger cannot make us buffer more. */
+const SETUP_FRAME = 64 << 10;
+/** Steps a hop may send ahead while the route is still being set up. */
+const MAX_EARLY_STEPS = 64;
 
 export class ChainBroken extends Error {
   constructor(readonly hop: number | undefined, readonly peer: string | undefined, reason: string) {
@@ -57,6 +61,8 @@ export class FrameLink {
   private buffered = 0;
   private readonly line: DelayLine;
   private closedWith: Error | undefined | null = null; // null: open
+  /** Largest frame accepted; raised once the route is checked. */
+  maxFrame = MAX_FRAME;
 
   constructor(readonly stream: Stream, readonly label: string, handlers: { frame: (type: number, payload: Buffer) => void; close: (err?: Error) => void }, shape: LinkShape = {}) {
     this.line = new DelayLine(shape, (b) => {
@@ -73,7 +79,7 @@ export class FrameLink {
       while (this.buffered >= 5) {
         if (this.chunks[0].length < 5) this.chunks = [Buffer.concat(this.chunks)];
         const len = this.chunks[0].readUInt32BE(0);
-        if (len < 1 || len > MAX_FRAME) { this.abort(new Error(`${label}: frame of ${len} bytes is outside 1..${MAX_FRAME}`)); return; }
+        if (len < 1 || len > this.maxFrame) { this.abort(new Error(`${label}: frame of ${len} bytes is outside 1..${this.maxFrame}`)); return; }
         if (this.buffered < 4 + len) break;
         if (this.chunks[0].length < 4 + len) this.chunks = [Buffer.concat(this.chunks)];
         const head = this.chunks[0];
@@ -326,11 +332,16 @@ export class StageServer {
           setup = undefined;
           return;
         }
-        if (!ready) { pending.push(Buffer.concat([Buffer.from([type]), p])); return; }
+        if (!ready) {
+          if (pending.length >= MAX_EARLY_STEPS) { up!.abort(new Error(`more than ${MAX_EARLY_STEPS} frames before the route was checked`)); return; }
+          pending.push(Buffer.concat([Buffer.from([type]), p]));
+          return;
+        }
         handle(type, p);
       },
       close: () => { down?.close(); },
     });
+    up.maxFrame = SETUP_FRAME;
     const f = await new Promise<SetupFrame | undefined>((resolve) => {
       setup = resolve;
       setTimeout(() => resolve(undefined), 10_000).unref();
@@ -382,6 +393,8 @@ export class StageServer {
       return;
     }
     up.setShape(f.shape ?? {});
+    // Now a step may be as large as this stage's batch allows, and no larger.
+    up.maxFrame = 9 + 8 * proc.info.n_batch + 4 * proc.info.n_batch * proc.info.n_embd;
     ready = true;
     this.o.log?.info('stage hop joined a chain', { hop: f.index, of: t.route.length, layers: `${hop.start}-${hop.end - 1}`, contract: hop.contract, next });
     for (const b of pending.splice(0)) handle(b[0], b.subarray(1));
@@ -498,11 +511,13 @@ export class ChainClient {
             return;
           }
           path = mine;
+          link.maxFrame = MAX_FRAME; // a checked last hop of our own route
           mine.attachReturn(link);
         })().catch((err: Error) => link.abort(new Error(`bad return setup: ${err.message}`)));
       },
       close: (err) => path?.fail(new ChainBroken(undefined, from, `the return leg from the last hop (${from}) closed${err ? `: ${err.message}` : ''}`)),
     });
+    link.maxFrame = SETUP_FRAME;
   }
 }
 

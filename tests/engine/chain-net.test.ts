@@ -138,6 +138,14 @@ describe('chain over libp2p', () => {
     body.copy(frame, 5);
     stolen.send(frame);
     expect(await refused).toMatch(/takes hidden states from .*, not from/);
+    // A stranger cannot make a stage buffer a big frame before its route is checked: the stream is cut.
+    const big = await nodes[5].host!.dialProtocol(nodes[1].peerId, '/clawmesh/stage/1');
+    const cut = new Promise<boolean>((resolve) => big.addEventListener('close', () => resolve(true)));
+    const header = Buffer.alloc(5);
+    header.writeUInt32BE(1 << 20, 0);
+    big.send(header);
+    // Cut at once, long before the 10 s a stage waits for a setup (which would also end the stream).
+    expect(await Promise.race([cut, new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 5000))])).toBe(true);
     await bystander.stop();
     await path.close();
   }, 60_000);
