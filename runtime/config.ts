@@ -208,7 +208,12 @@ export const ConfigSchema = z.object({
     mode: z.enum(['chain', 'star']).default('chain'),
     /** Chain: sequences served at once (each stage keeps a KV cache per slot), and the context of each. */
     slots: z.number().int().min(1).max(64).default(8),
-    ctx: z.number().int().min(256).max(131_072).default(4096)
+    ctx: z.number().int().min(256).max(131_072).default(4096),
+    /**
+     * Chain: tokens drafted by prompt lookup and verified per trip, for greedy requests (0 = off). Pays
+     * over slow links when texts repeat themselves (code, names, quotes); each draft costs a row per pass.
+     */
+    draft: z.number().int().min(0).max(16).default(0)
   }).strict().optional(),
   /** The ClawBot on top of the node (agents/): LLM provider and the owner's bounds; omitted = defaults. */
   agent: AgentSettingsSchema.optional(),

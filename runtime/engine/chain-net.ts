@@ -320,8 +320,10 @@ export class StageServer {
           (err: Error) => fail(`stage ${hopIndex} (${me}) failed: ${err.message}`),
         );
       } else if (type === Frame.Drop) {
+        if (p.length < 4) { fail('bad drop frame'); return; }
         const seq = p.readInt32LE(0);
-        proc.seqRm(seq).catch(() => {});
+        const from = p.length >= 8 ? p.readInt32LE(4) : -1;
+        proc.seqRm(seq, from, -1).catch(() => {});
         if (down.open) down.send(Frame.Drop, p);
       }
     };
@@ -595,10 +597,12 @@ export class NetPath implements ChainPath {
     });
   }
 
-  async drop(seq: number): Promise<void> {
+  /** DROP payload: i32 seq, i32 from (-1: the whole sequence). Sent in order with the steps, so it lands before the next. */
+  async drop(seq: number, from = -1): Promise<void> {
     if (this.broken || !this.out?.open) return;
-    const b = Buffer.alloc(4);
+    const b = Buffer.alloc(8);
     b.writeInt32LE(seq, 0);
+    b.writeInt32LE(from, 4);
     this.out.send(Frame.Drop, b);
   }
 

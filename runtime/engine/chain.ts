@@ -12,8 +12,11 @@ import { StageError, type SamplerParams, type StageProcess } from './stage-proc.
 /** A route through all the model's layers: the head hands it rows and gets the last layer's output. */
 export interface ChainPath {
   forward(seqs: Int32Array, positions: Int32Array, hidden: Float32Array): Promise<Float32Array>;
-  /** Forgets a sequence's KV cache on every stage (a finished request frees its slot). */
-  drop(seq: number): Promise<void>;
+  /**
+   * Forgets a sequence's KV cache on every stage: all of it (a finished request frees its slot), or from
+   * position `from` on (drafted tokens that verification rejected).
+   */
+  drop(seq: number, from?: number): Promise<void>;
   close(): Promise<void>;
   /** Called once if the path breaks by itself (a stage died, a link closed), even with nothing in flight. */
   onBroken?(listener: (err: Error) => void): void;
@@ -29,8 +32,8 @@ export class LocalPath implements ChainPath {
     for (const s of this.stages) h = await s.eval(seqs, positions, h);
     return h;
   }
-  async drop(seq: number): Promise<void> {
-    await Promise.all(this.stages.filter((s) => s.alive).map((s) => s.seqRm(seq)));
+  async drop(seq: number, from?: number): Promise<void> {
+    await Promise.all(this.stages.filter((s) => s.alive).map((s) => s.seqRm(seq, from ?? -1, -1)));
   }
   async close(): Promise<void> {}
 }
@@ -64,6 +67,13 @@ export interface ChainEngineOptions {
   repair?: (failed: ChainPath, err: Error) => Promise<ChainPath>;
   /** Context length of the stages: a sequence that would pass it ends with finish 'length'. */
   ctx?: number;
+  /**
+   * Speculative decoding for greedy requests: up to `k` tokens drafted by prompt lookup (the sequence's
+   * own earlier n-grams) ride with each decode row and are verified in the same pass; the accepted
+   * prefix and one more token come back per trip, rejected positions are dropped from every stage.
+   * Output is exactly plain greedy decoding's. Undefined: off.
+   */
+  draft?: { k: number; ngram?: number };
 }
 
 interface Seq {
@@ -94,7 +104,7 @@ export class ChainEngine {
   private readonly lanes: number;
   private closed = false;
   /** Where the head's time goes: passes, rows, ms in the ends process (embed, sample) and on the path (stages and links). */
-  readonly stats = { steps: 0, rows: 0, endsMs: 0, pathMs: 0 };
+  readonly stats = { steps: 0, rows: 0, endsMs: 0, pathMs: 0, drafted: 0, accepted: 0 };
 
   constructor(private readonly o: ChainEngineOptions) {
     this.path = o.path;
@@ -152,11 +162,15 @@ export class ChainEngine {
       if (this.repairing) await this.repairing;
       const mine = [...this.active.values()].filter((s) => s.lane === lane && !s.finished);
       if (mine.length === 0) return;
-      const rows: Array<{ s: Seq; token: number; pos: number; sample: boolean }> = [];
-      // Decoding sequences first (one row each, latency matters), then prompt chunks fill the rest.
+      const rows: Array<{ s: Seq; token: number; pos: number; sample: boolean; drafts?: number[] }> = [];
+      // Decoding sequences first (one row each, latency matters, plus any drafted tokens to verify),
+      // then prompt chunks fill the rest.
       for (const s of mine) {
         if (s.req.signal?.aborted) { this.finish(s, 'aborted'); continue; }
-        if (s.tokens.length - s.cached === 1 && rows.length < this.o.batch) rows.push({ s, token: s.tokens[s.cached], pos: s.cached, sample: true });
+        if (s.tokens.length - s.cached !== 1 || rows.length >= this.o.batch) continue;
+        const drafts = this.draftFor(s, this.o.batch - rows.length - 1);
+        rows.push({ s, token: s.tokens[s.cached], pos: s.cached, sample: true, ...(drafts.length > 0 ? { drafts } : {}) });
+        drafts.forEach((d, i) => rows.push({ s, token: d, pos: s.cached + 1 + i, sample: true }));
       }
       for (const s of mine) {
         const left = s.tokens.length - s.cached;
@@ -197,17 +211,62 @@ export class ChainEngine {
         t = performance.now();
         const got = await this.o.ends.sampleEmbed(Uint32Array.from(at.map((i) => rows[i].s.slot)), sel);
         this.stats.endsMs += performance.now() - t;
-        at.forEach((row, i) => {
-          const s = rows[row].s;
+        for (let i = 0; i < at.length; i++) {
+          const r = rows[at[i]];
+          const s = r.s;
+          if (r.drafts !== undefined) {
+            // Verification: row i + j predicts what follows drafts[j - 1]; keep drafts while they match.
+            const k = r.drafts.length;
+            let j = 0;
+            while (j < k && !got.eog[i + j] && got.tokens[i + j] === r.drafts[j]) j++;
+            this.stats.drafted += k;
+            this.stats.accepted += j;
+            s.cached = r.pos + 1 + j;
+            if (j < k) void path.drop(s.slot, s.cached).catch(() => {}); // rejected positions leave every stage
+            for (let a = 0; a < j && !s.finished; a++) this.accept(s, r.drafts[a], false);
+            if (!s.finished) {
+              s.embedAt = s.tokens.length;
+              s.embedded = got.hidden.subarray((i + j) * n, (i + j) * n + n);
+              this.accept(s, got.tokens[i + j], got.eog[i + j]);
+            }
+            i += k;
+            continue;
+          }
           s.embedAt = s.tokens.length; // where the sampled token will sit
           s.embedded = got.hidden.subarray(i * n, i * n + n);
           this.accept(s, got.tokens[i], got.eog[i]);
-        });
+        }
       } catch (err) {
         if (this.closed) return;
         await this.recover(path, err as Error);
       }
     }
+  }
+
+  /**
+   * Prompt lookup: the longest recent n-gram (ngram down to 1 tokens) that ends the sequence and occurred
+   * before predicts what follows it. Only for greedy requests (sampling would need the speculative
+   * sampling rule), never past max_tokens or the context, and within the pass's free rows.
+   */
+  private draftFor(s: Seq, room: number): number[] {
+    const d = this.o.draft;
+    if (d === undefined || s.req.sampling.temperature > 0) return [];
+    const k = Math.min(d.k, room, s.req.maxTokens - s.generated.length - 1, (this.o.ctx ?? Infinity) - s.tokens.length - 1);
+    if (k <= 0) return [];
+    const t = s.tokens;
+    // The most recent match that still has k tokens after it (a recent match near the end has fewer).
+    for (let n = Math.min(d.ngram ?? 3, t.length - 1); n >= 1; n--) {
+      let best: number[] = [];
+      for (let at = t.length - n - 1; at >= 0 && best.length < k; at--) {
+        let same = true;
+        for (let i = 0; i < n && same; i++) same = t[at + i] === t[t.length - n + i];
+        if (!same) continue;
+        const next = t.slice(at + n, Math.min(at + n + k, t.length));
+        if (next.length > best.length) best = next;
+      }
+      if (best.length > 0) return best;
+    }
+    return [];
   }
 
   private accept(s: Seq, token: number, eog: boolean): void {

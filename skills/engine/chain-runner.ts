@@ -126,7 +126,8 @@ export class ChainPipelineRunner implements PipelineRunner {
         throw again;
       }
     };
-    const engine = new ChainEngine({ ends, path: first, slots, batch, lanes: Math.min(slots, route.length + 1), ctx, repair });
+    const draft = cfg?.draft ?? 0;
+    const engine = new ChainEngine({ ends, path: first, slots, batch, lanes: Math.min(slots, route.length + 1), ctx, repair, ...(draft > 0 ? { draft: { k: draft } } : {}) });
     const server = new ChainServer({ engine, ends, model: model.name, ctx });
     await server.start();
     node.log.info('chain pipeline up', { model: model.name, stages: route.map((h) => `${h.start}-${h.end - 1}@${h.peer.slice(-6)}`).join(' → '), url: server.url });

@@ -102,6 +102,19 @@ describe('chain over libp2p', () => {
     }, 120_000);
   }
 
+  it('speculative decoding over libp2p: rejected drafts are dropped on every stage, output is plain greedy decoding\'s', async () => {
+    const route = await hire([[1, 0, 4], [2, 4, 8]]);
+    const path = await client.open({ model: sha, route, nEmbd: ends.info.n_embd });
+    const plain = new ChainEngine({ ends, path, slots: 4, batch: 64 });
+    const spec = new ChainEngine({ ends, path, slots: 4, batch: 64, draft: { k: 4 } });
+    for (const sampling of [greedy, { temperature: 0, logitBias: [[ref[3], 8]] as Array<[number, number]> }]) {
+      const want = (await plain.generate({ prompt, maxTokens: 32, sampling })).tokens;
+      expect((await spec.generate({ prompt, maxTokens: 32, sampling })).tokens).toEqual(want);
+    }
+    expect(spec.stats.drafted).toBeGreaterThan(spec.stats.accepted);
+    await spec.close();
+  }, 120_000);
+
   it('a worker without the model receives its layers from the head, by content hash, under its contract only', async () => {
     const route = await hire([[1, 0, 4], [5, 4, 8]]);
     const f = await files.get(modelPath, sha, 4, 8);
